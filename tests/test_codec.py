@@ -1,0 +1,211 @@
+"""SeedCodec: shapes, bandwidth accounting, power, SNR adaptivity, gradients, persistence, Link stage, errors."""
+
+import json
+
+import pytest
+import torch
+
+from splitldm.channels import AWGN, RayleighBlockFading
+from splitldm.codec import SeedCodec, effective_snr_db
+from splitldm.link import Link
+from splitldm.payload import Payload
+
+
+def _codec(**kw):
+    torch.manual_seed(0)
+    kw.setdefault("hidden_channels", 16)
+    kw.setdefault("num_blocks", 1)
+    return SeedCodec(**kw).eval()
+
+
+def _x(b=3, c=4, h=8, w=8, seed=0):
+    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("rho,shape,k", [(0.125, (4, 8, 8), 32), (0.25, (4, 8, 8), 64), (1 / 16, (4, 8, 8), 16),
+                                         (0.125, (4, 7, 5), 17), (0.5, (8, 4, 4), 64), (0.125, (4, 16, 16), 128)])
+def test_shapes_and_rho_accounting(rho, shape, k):
+    codec = _codec(in_channels=shape[0], rho=rho, sample_size=shape[1:])
+    x = _x(2, *shape)
+    assert codec.num_symbols(shape) == k
+    s = codec.encode(x, 10.0)
+    assert s.shape == (2, k) and s.dtype == torch.complex64
+    assert s.shape[1] / x[0].numel() == pytest.approx(rho, abs=1 / x[0].numel())
+    x_hat = codec.decode(s, 10.0, shape=shape)
+    assert x_hat.shape == x.shape and x_hat.dtype == torch.float32
+
+
+def test_decode_defaults_to_sample_size():
+    codec = _codec(sample_size=(6, 4))
+    s = codec.encode(_x(2, 4, 6, 4), 5.0)
+    assert codec.decode(s, 5.0).shape == (2, 4, 6, 4)
+
+
+def test_unit_average_power_per_sample():
+    codec = _codec()
+    x = _x(5) * torch.tensor([0.01, 1.0, 100.0, 3.0, 0.5]).reshape(-1, 1, 1, 1)
+    s = codec.encode(x, torch.tensor([0.0, 5.0, 10.0, 15.0, 20.0]))
+    torch.testing.assert_close(s.abs().pow(2).mean(1), torch.ones(5), rtol=1e-5, atol=1e-5)
+
+
+def test_rho_too_small_raises_naming_rho():
+    codec = _codec(rho=0.001)
+    with pytest.raises(ValueError, match="rho"):
+        codec.encode(_x(1, 4, 4, 4), 5.0)
+    with pytest.raises(ValueError, match="rho"):
+        SeedCodec(rho=0.0)
+    with pytest.raises(ValueError, match="rho"):
+        SeedCodec(rho=float("nan"))
+
+
+def test_snr_adaptivity_changes_encoder_and_decoder():
+    codec = _codec()
+    x = _x(2)
+    s0, s20 = codec.encode(x, 0.0), codec.encode(x, 20.0)
+    assert (s0 - s20).abs().max() > 1e-4
+    assert (codec.decode(s0, 0.0) - codec.decode(s0, 20.0)).abs().max() > 1e-4
+    # per-sample SNRs: sample i only depends on its own SNR
+    mixed = codec.encode(x, torch.tensor([0.0, 20.0]))
+    torch.testing.assert_close(mixed[0], s0[0])
+    torch.testing.assert_close(mixed[1], s20[1])
+
+
+def test_csi_conditioning_uses_fading_gain():
+    codec = _codec(condition="csi")
+    x = _x(2)
+    h = torch.tensor([[0.1 + 0j], [1.0 + 0j]], dtype=torch.complex64)
+    snr = torch.tensor([10.0, 10.0])
+    torch.testing.assert_close(effective_snr_db(snr, h), torch.tensor([-10.0, 10.0]))
+    with_h = codec.encode(x, snr, h=h)
+    torch.testing.assert_close(with_h[1], codec.encode(x, snr)[1])  # |h| = 1: same as plain SNR
+    torch.testing.assert_close(with_h[0], codec.encode(x, torch.tensor([-10.0, 10.0]))[0])
+    plain = _codec(condition="snr")
+    torch.testing.assert_close(plain.encode(x, snr, h=h), plain.encode(x, snr))
+
+
+def test_forward_dict_and_gradient_through_channel():
+    codec = _codec(condition="csi").train()
+    x = _x(4)
+    g = torch.Generator().manual_seed(1)
+    out = codec(x, (0.0, 20.0), generator=g, channel=RayleighBlockFading(csi="mmse"))
+    assert set(out) >= {"symbols", "y", "x_hat", "snr_db", "h"}
+    assert out["x_hat"].shape == x.shape and out["h"].shape == (4, 1)
+    assert out["snr_db"].min() >= 0 and out["snr_db"].max() <= 20
+    loss = (out["x_hat"] - x).pow(2).mean()
+    loss.backward()
+    # the encoder only gets gradient through the (equalised) channel output
+    assert codec.enc_in[0].weight.grad is not None and codec.enc_in[0].weight.grad.abs().sum() > 0
+    assert codec.dec_out.weight.grad.abs().sum() > 0
+
+
+def test_forward_is_seeded_and_noise_depends_on_snr():
+    codec = _codec()
+    x = _x(2)
+    a = codec(x, 5.0, generator=torch.Generator().manual_seed(3))["x_hat"]
+    b = codec(x, 5.0, generator=torch.Generator().manual_seed(3))["x_hat"]
+    torch.testing.assert_close(a, b)
+    lo = codec(x, 40.0, generator=torch.Generator().manual_seed(3))
+    err = (lo["y"] - lo["symbols"]).abs().pow(2).mean()
+    assert err < 1e-3  # N0 = 1e-4 at 40 dB (AWGN default; csi="none" leaves y unscaled)
+
+
+def test_save_load_round_trip(tmp_path):
+    codec = _codec(rho=0.25, condition="csi", sample_size=8)
+    codec.set_input_stats([0.1, -0.2, 0.3, 0.0], [1.5, 2.0, 0.5, 1.0])
+    codec.default_snr_db = 7.0
+    codec.save_pretrained(tmp_path / "c")
+    assert {p.name for p in (tmp_path / "c").iterdir()} == {"config.json", "model.safetensors"}
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert cfg["rho"] == 0.25 and cfg["in_std"] == [1.5, 2.0, 0.5, 1.0]
+    loaded = SeedCodec.load(tmp_path / "c")
+    assert loaded.default_snr_db == 7.0
+    x = _x(2)
+    torch.testing.assert_close(loaded.encode(x, 3.0), codec.encode(x, 3.0))
+    s = codec.encode(x, 3.0)
+    torch.testing.assert_close(loaded.decode(s, 3.0), codec.decode(s, 3.0))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="directory"):
+        SeedCodec.load(tmp_path / "missing")
+    _codec().save_pretrained(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt"):
+        SeedCodec.load(tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text("{ nope")
+    with pytest.raises(ValueError, match="corrupt"):
+        SeedCodec.load(tmp_path / "c")
+    _codec().save_pretrained(tmp_path / "d")
+    (tmp_path / "d" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        SeedCodec.load(tmp_path / "d")
+    # weights that do not fit the config
+    _codec(hidden_channels=8).save_pretrained(tmp_path / "e")
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    cfg["hidden_channels"] = 16
+    (tmp_path / "e" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not match"):
+        SeedCodec.load(tmp_path / "e")
+
+
+def test_input_errors():
+    codec = _codec()
+    with pytest.raises(ValueError, match="channels"):
+        codec.encode(_x(1, 3), 5.0)
+    with pytest.raises(ValueError, match="x"):
+        codec.encode(torch.randn(4, 8, 8), 5.0)
+    bad = _x(1)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        codec.encode(bad, 5.0)
+    with pytest.raises(ValueError, match="snr_db"):
+        codec.encode(_x(2), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="snr_db"):
+        codec.encode(_x(1), float("inf"))
+    s = codec.encode(_x(1), 5.0)
+    with pytest.raises(ValueError, match="y"):
+        codec.decode(s[:, :-1], 5.0)
+    with pytest.raises(TypeError, match="y"):
+        codec.decode(s.real, 5.0)
+    with pytest.raises(ValueError, match="condition"):
+        SeedCodec(condition="perfect")
+
+
+def _payload(b=2, seed=0):
+    lat = _x(b, seed=seed)
+    side = torch.arange(3, dtype=torch.int64)
+    return Payload(tensors={"latents": lat, "step": side}, meta={"step": 4}, primary=("latents",))
+
+
+@pytest.mark.parametrize("channel", [AWGN(snr_db=10.0), RayleighBlockFading(snr_db=10.0, csi="mmse")])
+def test_link_stage_round_trip(channel):
+    codec = _codec(condition="csi")
+    link = Link([codec, channel])
+    p = _payload()
+    out = link(p, generator=torch.Generator().manual_seed(0))
+    assert out.tensors["latents"].shape == p.tensors["latents"].shape
+    assert out.tensors["latents"].dtype == torch.float32
+    assert torch.equal(out.tensors["step"], p.tensors["step"])  # side information untouched
+    assert out.meta == p.meta
+    sent = [r for r in out.history if r.direction == "send"]
+    assert sent[1].stage == "SeedCodec" and sent[1].channel_uses == 2 * 32
+    # the latents' bits became channel uses; only the side information stays digital
+    assert sent[1].bits < sent[0].bits
+    again = link(_payload(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.tensors["latents"], out.tensors["latents"])
+
+
+def test_link_stage_matches_forward_and_errors():
+    codec = _codec()
+    link = Link([codec, AWGN(snr_db=40.0)])
+    out = link(_payload(), generator=torch.Generator().manual_seed(0))
+    clean = codec.decode(codec.encode(_payload().tensors["latents"], 40.0), 40.0)
+    assert (out.tensors["latents"] - clean).abs().max() < 0.05
+    with pytest.raises(ValueError, match="snr_db"):
+        Link([_codec()])(_payload())
+    alone = _codec()
+    alone.default_snr_db = 10.0
+    assert Link([alone])(_payload()).tensors["latents"].shape == (2, 4, 8, 8)
+    wrong = Payload(tensors={"latents": _x(2, 3)}, primary=("latents",))
+    with pytest.raises(ValueError, match="channels"):
+        Link([codec, AWGN(snr_db=5.0)])(wrong)
