@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -157,11 +158,6 @@ def text_encode_flops(text_config: Mapping[str, Any], batch_size: int = 1) -> in
     return count_flops(model, ids)
 
 
-@functools.lru_cache(maxsize=32)
-def _model_flops_cached(name: str, image_size: int | None, batch_size: int) -> ModelFlops:
-    return _model_flops(name, image_size, batch_size)
-
-
 def _model_flops(model, image_size, batch_size) -> ModelFlops:
     name, unet, vae, texts, default_size = _resolve_spec(model)
     size = image_size or default_size
@@ -194,6 +190,49 @@ def model_flops(model="sd15", image_size: int | None = None, batch_size: int = 1
 
         return _model_flops_cached(get_spec(model).name, image_size, batch_size)
     return _model_flops(model, image_size, batch_size)
+
+
+def _disk_cache_path() -> Path:
+    import os
+
+    root = os.environ.get("SPLITLDM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "splitldm")
+    return Path(root) / "flops.json"
+
+
+@functools.lru_cache(maxsize=32)
+def _model_flops_cached(name: str, image_size: int | None, batch_size: int) -> ModelFlops:
+    """Counting SDXL takes seconds: keep counted results on disk, keyed by the exact configs and the
+    torch / diffusers / transformers versions (any change re-counts)."""
+    import hashlib
+    import json
+
+    from importlib.metadata import version
+
+    from .models import get_spec
+
+    spec = get_spec(name)
+    key = hashlib.sha256(json.dumps([spec.unet, spec.vae, spec.text_encoders, spec.image_size, image_size, batch_size,
+                                     torch.__version__, version("diffusers"), version("transformers")],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = _disk_cache_path()
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        d = cache[key]
+        return ModelFlops(d["model"], d["unet_step"], d["text_encode"], d["vae_decode"],
+                          tuple(d["latent_shape"]), tuple(d["image_shape"]))
+    out = _model_flops(name, image_size, batch_size)
+    cache[key] = asdict(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(path)
+    except OSError:  # a read-only home is fine: we just count again next time
+        pass
+    return out
 
 
 # --------------------------------------------------------------------------- device profiles

@@ -1,0 +1,9 @@
+"""Reinforcement learning for mobile edge generation: environments, controllers, oracles.
+
+Importing this package registers "splitldm/MEGRates-v0", "splitldm/MEGRatesFlat-v0" and
+"splitldm/SeedPower-v0" with gymnasium.
+"""
+
+from .envs import MEGRates, SeedPower, register_envs
+
+__all__ = ["MEGRates", "SeedPower", "register_envs"]
