@@ -92,6 +92,7 @@ def trajectory_latents(pipe, prompts: Sequence[str], num_inference_steps: int, s
     Returns ``{k: latents (N, C, h, w)}`` taken after ``k`` of ``num_inference_steps`` steps (k = 0 is
     the initial noise): exactly what a step split at ``k`` sends from the ES.
     """
+    from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
 
     from splitldm import sampling
@@ -100,8 +101,9 @@ def trajectory_latents(pipe, prompts: Sequence[str], num_inference_steps: int, s
     if not steps or steps[0] < 0 or steps[-1] >= num_inference_steps:
         raise ValueError(f"split_steps: expected values in [0, {num_inference_steps}), got {list(split_steps)}")
     out: dict[int, list[torch.Tensor]] = {k: [] for k in steps}
-    verbosity = hf_logging.get_verbosity()
+    verbosity = hf_logging.get_verbosity(), df_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # long captions are truncated by small CLIPs: warned once per batch
+    df_logging.set_verbosity_error()
     try:
         for start in range(0, len(prompts), batch_size):
             settings = sampling.make_settings(pipe, list(prompts[start:start + batch_size]),
@@ -111,7 +113,8 @@ def trajectory_latents(pipe, prompts: Sequence[str], num_inference_steps: int, s
                 sampling.denoise(pipe, state, stop=k)
                 out[k].append(state.latents.detach().float().cpu().clone())
     finally:
-        hf_logging.set_verbosity(verbosity)
+        hf_logging.set_verbosity(verbosity[0])
+        df_logging.set_verbosity(verbosity[1])
     return {k: torch.cat(v) for k, v in out.items()}
 
 
