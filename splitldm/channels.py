@@ -394,7 +394,7 @@ class Channel(LinkStage):
             if h is not None:
                 context["h"] = h
         state = ChannelState(context["snr_db"], context["n0"], h)
-        y = self.apply(stream, state, generator)
+        y = self.apply(stream, state, generator) if stream.shape[1] else stream  # e.g. a 0-bit digital scheme
         for k, part in zip(names, torch.split(y, sizes, dim=1)):
             tensors[k] = part.reshape(tensors[k].shape)
         context["channel_layout"] = list(zip(names, sizes))
