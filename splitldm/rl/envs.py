@@ -223,6 +223,10 @@ class MEGRates(gym.Env):
             "cost_limit": {"latency": self.latency_limit_s, "energy": self.energy_limit_j},
             "violation": {"latency": lat > self.latency_limit_s, "energy": en > self.energy_limit_j},
             "feasible_exists": bool(out["feasible"].any()),
+            # The constraint signal controllers train on: a violation that some action would have
+            # avoided (a deep fade no action survives is not the controller's fault).
+            "constraint_cost": float((lat > self.latency_limit_s or en > self.energy_limit_j)
+                                     and bool(out["feasible"].any())),
             "steps": n, "merge_ratio": r, "snr_db": snr, "action_index": i,
             "mse": math.exp(-reward), "quality_source": self.quality_source,
         }
