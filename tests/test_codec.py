@@ -209,3 +209,14 @@ def test_link_stage_matches_forward_and_errors():
     wrong = Payload(tensors={"latents": _x(2, 3)}, primary=("latents",))
     with pytest.raises(ValueError, match="channels"):
         Link([codec, AWGN(snr_db=5.0)])(wrong)
+
+
+def test_link_with_token_merge_before_codec():
+    from splitldm.merging import TokenMerge
+
+    codec = _codec()
+    link = Link([TokenMerge(0.5), codec, AWGN(snr_db=10.0)])
+    out = link(_payload(), generator=torch.Generator().manual_seed(0))
+    assert out.tensors["latents"].shape == (2, 4, 8, 8)
+    sent = [r for r in out.history if r.direction == "send"]
+    assert sent[2].channel_uses == 2 * 16  # 32 merged tokens x 4 channels x rho 1/8 per image

@@ -59,7 +59,7 @@ def test_trajectory_latents_match_pipeline(tiny_pipe):
     # after 2 steps the latents differ from the initial noise
     assert (traj[2] - traj[0]).abs().mean() > 1e-3
     with pytest.raises(ValueError, match="split_steps"):
-        trajectory_latents(tiny_pipe, ["x"], 4, [4], 2.0, g)
+        trajectory_latents(tiny_pipe, ["x"], 4, [5], 2.0, g)
 
 
 def test_channels_and_errors():

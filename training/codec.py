@@ -90,7 +90,7 @@ def trajectory_latents(pipe, prompts: Sequence[str], num_inference_steps: int, s
     """Latents of the pipeline's own denoising loop (`splitldm.sampling`) after each split step.
 
     Returns ``{k: latents (N, C, h, w)}`` taken after ``k`` of ``num_inference_steps`` steps (k = 0 is
-    the initial noise): exactly what a step split at ``k`` sends from the ES.
+    the initial noise, k = T the finished latent the VAE decodes): what a step split at ``k`` sends.
     """
     from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
@@ -98,8 +98,8 @@ def trajectory_latents(pipe, prompts: Sequence[str], num_inference_steps: int, s
     from splitldm import sampling
 
     steps = sorted(set(int(s) for s in split_steps))
-    if not steps or steps[0] < 0 or steps[-1] >= num_inference_steps:
-        raise ValueError(f"split_steps: expected values in [0, {num_inference_steps}), got {list(split_steps)}")
+    if not steps or steps[0] < 0 or steps[-1] > num_inference_steps:
+        raise ValueError(f"split_steps: expected values in [0, {num_inference_steps}], got {list(split_steps)}")
     out: dict[int, list[torch.Tensor]] = {k: [] for k in steps}
     verbosity = hf_logging.get_verbosity(), df_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # long captions are truncated by small CLIPs: warned once per batch
