@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from splitldm.codec import SeedCodec
-from training.codec import CodecLatentData, CodecModule, MixedBlockChannel, main, make_channel, trajectory_latents
+from training.codec import (CodecLatentData, CodecModule, MixedBlockChannel, main, make_channel, noised_latents,
+                            trajectory_latents)
 
 
 def _args(tmp_path, steps, extra=()):
@@ -74,3 +75,15 @@ def test_channels_and_errors():
         CodecModule(snr_range_db=[10.0, 0.0])
     dm = CodecLatentData(pipeline="tiny-random", cache_dir="/nonexistent-never-built")
     assert dm.cache_path("train") != dm.cache_path("test")
+
+
+def test_noised_latents_proxy(tiny_pipe, tmp_path):
+    x0 = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = noised_latents(tiny_pipe.scheduler, x0, 8, [0, 4, 8], torch.Generator().manual_seed(1))
+    assert torch.equal(out[8], x0)  # after the last step: the clean latent
+    corr = [float(torch.corrcoef(torch.stack([out[k].flatten(), x0.flatten()]))[0, 1]) for k in (0, 4)]
+    assert corr[0] < corr[1] < 1.0  # more steps done -> less noise left
+    # fine-tuning from a saved codec keeps its weights and statistics
+    SeedCodec(hidden_channels=8, num_blocks=1, in_mean=[1.0, 0, 0, 0]).save_pretrained(tmp_path / "c")
+    module = CodecModule(init_from=str(tmp_path / "c"))
+    assert module.codec.config.hidden_channels == 8 and module.codec.in_mean.flatten()[0] == 1.0

@@ -128,14 +128,42 @@ def vae_latents(pipe, images: torch.Tensor, batch_size: int = 64) -> torch.Tenso
     return torch.cat(out)
 
 
+def noised_latents(scheduler, latents: torch.Tensor, num_inference_steps: int, steps: Sequence[int],
+                   generator: torch.Generator) -> dict[int, torch.Tensor]:
+    """Forward-noised latents ``q(x_t | x_0)`` at the noise level a sampler reaches after ``k`` steps.
+
+    After ``k`` of ``num_inference_steps`` steps a DDIM-type sampler holds latents at timestep
+    ``timesteps[k]`` (clean at ``k = T``); a well-trained model's trajectory has these marginals, so
+    this is a cheap proxy for `trajectory_latents` when only the VAE is available.
+    """
+    sched = type(scheduler).from_config(scheduler.config)
+    sched.set_timesteps(num_inference_steps)
+    out = {}
+    for k in sorted(set(int(s) for s in steps)):
+        if not 0 <= k <= num_inference_steps:
+            raise ValueError(f"noised_steps: expected values in [0, {num_inference_steps}], got {k}")
+        if k == num_inference_steps:
+            out[k] = latents.clone()
+            continue
+        noise = torch.randn(latents.shape, generator=generator)
+        t = sched.timesteps[k].reshape(1).long()
+        out[k] = sched.add_noise(latents, noise, t.expand(latents.shape[0]))
+    return out
+
+
 def build_latent_set(pipeline: str, dataset: str, split: str, num_examples: int, split_steps: Sequence[int],
                      num_inference_steps: int, guidance_scale: float, seed: int, include_vae: bool = True,
-                     ) -> dict[str, torch.Tensor]:
-    """The training pairs: ``latents`` (N, C, h, w) float32 and ``kind`` (N,) int64 (see `KIND_VAE`)."""
+                     vae_path: str | None = None, noised_steps: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+    """The training pairs: ``latents`` (N, C, h, w) float32 and ``kind`` (N,) int64 (see `KIND_VAE`;
+    forward-noised latents at step ``k`` are marked ``100 + k``)."""
     from splitldm.data import load_image_caption_dataset, render_batch
     from splitldm.models import load_pipeline
 
     pipe = load_pipeline(pipeline)
+    if vae_path:
+        from diffusers import AutoencoderKL
+
+        pipe.vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True).eval()
     if dataset == "shapes":
         images, captions, _ = render_batch(range(num_examples), split=split, seed=seed)
     else:
@@ -143,16 +171,22 @@ def build_latent_set(pipeline: str, dataset: str, split: str, num_examples: int,
                                           max_examples=num_examples)
         images, captions = data.images, data.captions
     parts, kinds = [], []
-    if include_vae:
+    g = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
+    if include_vae or noised_steps:
         lat = vae_latents(pipe, images)
-        parts.append(lat)
-        kinds.append(torch.full((lat.shape[0],), KIND_VAE))
+        if include_vae:
+            parts.append(lat)
+            kinds.append(torch.full((lat.shape[0],), KIND_VAE))
+        for k, noisy in noised_latents(pipe.scheduler, lat, num_inference_steps, noised_steps, g).items():
+            parts.append(noisy)
+            kinds.append(torch.full((noisy.shape[0],), 100 + k))
     if split_steps:
-        g = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
         traj = trajectory_latents(pipe, captions, num_inference_steps, split_steps, guidance_scale, g)
         for k, lat in traj.items():
             parts.append(lat)
             kinds.append(torch.full((lat.shape[0],), k))
+    if not parts:
+        raise ValueError("split_steps: nothing to train on (no split_steps, noised_steps or include_vae)")
     return {"latents": torch.cat(parts).float().contiguous(), "kind": torch.cat(kinds).long()}
 
 
@@ -166,13 +200,16 @@ class CodecLatentData(L.LightningDataModule):
         split_steps: denoising steps after which trajectory latents are taken (empty: VAE latents only).
         num_inference_steps, guidance_scale: the sampler that makes the trajectories.
         include_vae: also train on VAE latents of the data images.
+        vae_path: a diffusers AutoencoderKL folder that replaces the pipeline's VAE.
+        noised_steps: also train on forward-noised VAE latents at the noise level after these steps
+            (`noised_latents`; a proxy for trajectory latents when only the VAE is trained).
         cache_dir: where the safetensors caches go.
     """
 
     def __init__(self, pipeline: str = "tiny", dataset: str = "shapes", num_train: int = 2048, num_val: int = 256,
                  split_steps: list[int] = [2, 4, 6], num_inference_steps: int = 8, guidance_scale: float = 3.0,
-                 include_vae: bool = True, batch_size: int = 128, cache_dir: str = "runs/codec-cache",
-                 seed: int = 0, num_workers: int = 0):
+                 include_vae: bool = True, vae_path: str | None = None, noised_steps: list[int] = [],
+                 batch_size: int = 128, cache_dir: str = "runs/codec-cache", seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.train_set: dict[str, torch.Tensor] | None = None
@@ -180,10 +217,12 @@ class CodecLatentData(L.LightningDataModule):
 
     def cache_path(self, split: str) -> Path:
         hp = dict(self.hparams)
-        keys = ("pipeline", "dataset", "split_steps", "num_inference_steps", "guidance_scale", "include_vae", "seed")
+        keys = ("pipeline", "dataset", "split_steps", "num_inference_steps", "guidance_scale", "include_vae", "seed",
+                "vae_path", "noised_steps")
         ident = {k: hp[k] for k in keys}
         ident.update(split=split, num=hp["num_train"] if split == "train" else hp["num_val"],
-                     weights=_fingerprint(hp["pipeline"]))
+                     weights=_fingerprint(hp["pipeline"]),
+                     vae_weights=_fingerprint(hp["vae_path"]) if hp["vae_path"] else None)
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         return Path(hp["cache_dir"]) / f"latents-{split}-{digest}.safetensors"
 
@@ -193,7 +232,8 @@ class CodecLatentData(L.LightningDataModule):
             return load_file(str(path))
         hp = self.hparams
         data = build_latent_set(hp.pipeline, hp.dataset, split, hp.num_train if split == "train" else hp.num_val,
-                                hp.split_steps, hp.num_inference_steps, hp.guidance_scale, hp.seed, hp.include_vae)
+                                hp.split_steps, hp.num_inference_steps, hp.guidance_scale, hp.seed, hp.include_vae,
+                                hp.vae_path, hp.noised_steps)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file(data, str(tmp), metadata={"config": json.dumps(dict(hp), sort_keys=True, default=str)})
@@ -253,17 +293,22 @@ class CodecModule(L.LightningModule):
         val_snr_db: SNRs (dB) at which validation reports latent PSNR per channel kind.
         export_dir: when set, the trained codec is written there (`SeedCodec.save_pretrained`) at the end.
         seed: seeds the channel noise (step ``i`` uses seed ``seed + i``: resumable, reproducible).
+        init_from: a `SeedCodec` folder to start from (fine-tuning; its architecture and statistics win).
     """
 
     def __init__(self, codec: CodecConfig | dict | None = None, channels: list[str] = ["awgn", "rayleigh"], csi: str = "mmse",
                  snr_range_db: list[float] = [0.0, 20.0], lr: float = 1e-3, weight_decay: float = 0.0,
                  max_lr_steps: int = 0, image_loss_weight: float = 0.0, pipeline: str = "tiny",
-                 val_snr_db: list[float] = [0.0, 10.0, 20.0], export_dir: str | None = None, seed: int = 0):
+                 val_snr_db: list[float] = [0.0, 10.0, 20.0], export_dir: str | None = None, seed: int = 0,
+                 init_from: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         kwargs = asdict(codec) if isinstance(codec, CodecConfig) else dict(codec or {})
         kwargs.setdefault("snr_range_db", list(snr_range_db))
-        self.codec = SeedCodec(**kwargs)
+        if init_from:
+            self.codec = SeedCodec.load(init_from).train()  # keeps its own SNR normalisation
+        else:
+            self.codec = SeedCodec(**kwargs)
         self.channel = make_channel(channels, csi)
         self._vae = None
         lo, hi = (float(v) for v in snr_range_db)
@@ -285,7 +330,8 @@ class CodecModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if self.global_step == 0 and dm is not None and hasattr(dm, "stats") and self.codec.config.in_mean is None:
+        if (self.global_step == 0 and dm is not None and hasattr(dm, "stats") and self.codec.config.in_mean is None
+                and not self.hparams.init_from):
             mean, std = dm.stats()
             self.codec.set_input_stats(mean, std.clamp_min(1e-3))
 
