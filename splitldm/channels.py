@@ -337,8 +337,8 @@ class Channel(LinkStage):
 
     def note(self) -> dict[str, Any]:
         snr = self.snr_db
-        if isinstance(snr, torch.Tensor):
-            snr = snr.tolist()
+        if isinstance(snr, (torch.Tensor, tuple)):
+            snr = snr.tolist() if isinstance(snr, torch.Tensor) else list(snr)
         return {"channel": self.fading, "snr_db": snr, "csi": self.csi}
 
     # ------------------------------------------------------------------ Link stage
