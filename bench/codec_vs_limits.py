@@ -43,15 +43,23 @@ from splitldm.models import load_pipeline  # noqa: E402
 from splitldm.payload import Payload  # noqa: E402
 
 
-def held_out_latents(pipe, num: int, split_step: int, steps: int, guidance: float, seed: int) -> dict[str, torch.Tensor]:
-    """``{"vae": (N, C, h, w), "step<k>": (N, C, h, w)}`` from held-out images and prompts."""
-    from training.codec import trajectory_latents, vae_latents
+def held_out_latents(pipe, num: int, split_step: int, steps: int, guidance: float, seed: int,
+                     proxy: bool = False) -> dict[str, torch.Tensor]:
+    """``{"vae": (N, C, h, w), "step<k>": (N, C, h, w)}`` from held-out images and prompts.
+
+    ``proxy``: the step-k set is forward-noised held-out VAE latents (``noised_step<k>``) instead of
+    the pipeline's own trajectory (for a pipeline whose UNet is not trained yet).
+    """
+    from training.codec import noised_latents, trajectory_latents, vae_latents
 
     images, _, _ = render_batch(range(num), split="test", seed=seed)
     out = {"vae": vae_latents(pipe, images)}
-    traj = trajectory_latents(pipe, prompts_for(num, "test", seed), steps, [split_step], guidance,
-                              torch.Generator().manual_seed(seed + 7))
-    out[f"step{split_step}"] = traj[split_step]
+    g = torch.Generator().manual_seed(seed + 7)
+    if proxy:
+        out[f"noised_step{split_step}"] = noised_latents(pipe.scheduler, out["vae"], steps, [split_step], g)[split_step]
+    else:
+        traj = trajectory_latents(pipe, prompts_for(num, "test", seed), steps, [split_step], guidance, g)
+        out[f"step{split_step}"] = traj[split_step]
     return out
 
 
@@ -78,6 +86,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--num", type=int, default=None, help="latents per set (default 64 quick, 256 full)")
     ap.add_argument("--repeats", type=int, default=None, help="channel realisations (default 1 quick, 4 full)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-path", default=None, help="diffusers AutoencoderKL folder replacing the pipeline's VAE")
+    ap.add_argument("--proxy-trajectory", action="store_true",
+                    help="use forward-noised VAE latents for the split-step set (UNet not trained)")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("SPLITLDM_THREADS", "1")))
     num = args.num or (64 if args.quick else 256)
@@ -85,12 +96,16 @@ def main(argv=None) -> dict:
     t0 = time.time()
 
     pipe = load_pipeline(args.pipeline)
+    if args.vae_path:
+        from diffusers import AutoencoderKL
+
+        pipe.vae = AutoencoderKL.from_pretrained(args.vae_path, use_safetensors=True).eval()
     codec = SeedCodec.load(args.codec)
     rho, lo_train = float(codec.config.rho), float(codec.config.snr_range_db[0])
-    sets = held_out_latents(pipe, num, args.split_step, args.steps, args.guidance, args.seed)
+    sets = held_out_latents(pipe, num, args.split_step, args.steps, args.guidance, args.seed, args.proxy_trajectory)
     snrs = sorted(set(args.snr_db) | {lo_train, lo_train - 5.0})
 
-    figures: dict = {"rho": rho, "pipeline": args.pipeline, "codec": os.path.relpath(args.codec, ROOT),
+    figures: dict = {"rho": rho, "pipeline": args.pipeline, "vae_path": args.vae_path, "codec": os.path.relpath(args.codec, ROOT),
                      "train_snr_range_db": list(codec.config.snr_range_db), "num_latents": num,
                      "repeats": repeats, "sets": {}}
     digital_note = None

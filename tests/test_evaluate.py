@@ -97,7 +97,10 @@ def test_config_errors_and_yaml(tmp_path, codec_dir):
     assert latent_psnr(0.1, 1.0) == pytest.approx(10.0)
 
 
-def test_cli_runs(tmp_path, codec_dir):
+def test_cli_runs(tmp_path, codec_dir, tiny_pipe, monkeypatch):
+    import splitldm.models
+
+    monkeypatch.setattr(splitldm.models, "load_pipeline", lambda name, **kw: tiny_pipe)  # skip a rebuild
     cfg_file = tmp_path / "e.yaml"
     cfg_file.write_text(
         f"pipeline: tiny-random\ncodecs: ['{codec_dir}']\nsnr_db: [5.0]\nchannels: [awgn]\n"
