@@ -4,7 +4,23 @@ Split a diffusers pipeline between an edge server (ES) and a device (UE), across
 inside one UNet pass, and send what crosses through a learned, channel-protected `Link`.
 """
 
-from .models import SPECS, ModelSpec, build_pipeline, build_unet, build_vae, build_text_encoder, get_spec, load_pipeline, make_scheduler, with_scheduler
+from .chain import Carry, Cut, UNetChain
+from .flops import count_flops
+from .link import Link, LinkStage, SerializeBytes
+from .models import (
+    SPECS,
+    ModelSpec,
+    build_pipeline,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    get_spec,
+    load_pipeline,
+    make_scheduler,
+    with_scheduler,
+)
+from .payload import Payload, PayloadError, StageRecord
+from .split import SplitOutput, SplitPipeline, model_fingerprint
 from .tokenizer import build_clip_tokenizer
 
 __version__ = "0.1.0"

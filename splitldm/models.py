@@ -94,20 +94,40 @@ SPECS: dict[str, ModelSpec] = {
         name="tiny",
         unet=dict(
             sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(64, 128, 128),
+            block_out_channels=(32, 64, 64),  # ~1.5 M parameters: trains on a CPU, ships in a few MB
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
         ),
         vae=dict(
             in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64, 64, 64),
+            block_out_channels=(8, 16, 32, 64),  # cheap at 64x64: flat-colour scenes need few full-res channels
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            norm_num_groups=16, sample_size=64, scaling_factor=1.0,
+            norm_num_groups=8, sample_size=64, scaling_factor=1.0,
         ),
         text_encoders=(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu"),),
         image_size=64,
+    ),
+    # The smallest complete SD architecture: 32x32 images -> 4x4x4 latents. For fast tests.
+    "micro": ModelSpec(
+        name="micro",
+        unet=dict(
+            sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        ),
+        vae=dict(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+            block_out_channels=(16, 16, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=8, sample_size=32, scaling_factor=1.0,
+        ),
+        text_encoders=(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=16, hidden_act="quick_gelu"),),
+        image_size=32,
     ),
     "sd15": ModelSpec(
         name="sd15",
@@ -156,7 +176,7 @@ SPECS: dict[str, ModelSpec] = {
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The `ModelSpec` registered under ``name`` (``tiny``, ``sd15``, ``sd21``, ``sdxl``)."""
+    """The `ModelSpec` registered under ``name`` (``micro``, ``tiny``, ``sd15``, ``sd21``, ``sdxl``)."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     key = name.removesuffix("-random")
@@ -307,6 +327,6 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny", *, scheduler: str | 
 def with_scheduler(pipe: StableDiffusionPipeline, scheduler: str) -> StableDiffusionPipeline:
     """A new pipeline that shares ``pipe``'s modules but uses scheduler ``scheduler``."""
     components = dict(pipe.components, scheduler=make_scheduler(scheduler, dict(pipe.scheduler.config)))
-    new = type(pipe)(**components)
+    new = type(pipe)(**components, requires_safety_checker=bool(pipe.config.get("requires_safety_checker", False)))
     new.set_progress_bar_config(disable=True)
     return new

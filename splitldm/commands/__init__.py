@@ -1,0 +1,1 @@
+"""Subcommands of the `splitldm` CLI: each module here has `register(subparsers)`."""
