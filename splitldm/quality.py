@@ -236,7 +236,7 @@ def _analog_stage():
             tensors = dict(payload.tensors)
             for name in payload.primary:
                 shape, scale = context[f"analog.{name}"]
-                x = complex_to_real(tensors[name], shape)
+                x = complex_to_real(tensors[name], shape[1:])
                 tensors[name] = (x * scale.view(-1, *[1] * (len(shape) - 1))).to(torch.float32)
             return payload.replace(tensors=tensors)
 

@@ -124,7 +124,7 @@ class CVPO:
             adv = (qr - lam * qc) / eta
             g = eta * cfg.kl_estep + lam * cfg.cost_limit + eta * torch.logsumexp(logp_old + adv, -1).mean()
             g.backward()
-            return float(g), xt.grad.numpy().copy()
+            return float(g.detach()), xt.grad.numpy().copy()
 
         res = minimize(dual, np.array([self.eta, self.lam]), jac=True, method="L-BFGS-B",
                        bounds=[(1e-3, 1e3), (0.0, 1e4)])
@@ -145,7 +145,7 @@ class CVPO:
             self.opt_actor.zero_grad()
             loss.backward()
             self.opt_actor.step()
-            kl = float(kl_t)
+            kl = float(kl_t.detach())
             self.alpha = max(0.0, self.alpha + cfg.alpha_lr * (kl - cfg.kl_mstep))
         self.history["kl_m"].append(kl)
         return kl

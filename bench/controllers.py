@@ -1,0 +1,105 @@
+"""Controllers against oracles: CVPO vs exhaustive search and PPO-Lagrangian on MEGRates, PPO power vs
+water-filling on SeedPower, MEG split vs generate-then-download latency. Last line: one JSON object.
+
+    python bench/controllers.py            # training budgets of configs/rl/*.yaml, 20 held-out episodes
+    python bench/controllers.py --quick    # small budgets (a smoke run; figures are not the claim)
+
+Same seeds for every controller; evaluation episodes use held-out seeds (100000+) never seen in
+training. Single thread (torch.set_num_threads(1)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--episodes", type=int, default=None, help="held-out evaluation episodes")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="no measured quality table")
+    from splitldm.costs import download_cost, split_cost
+    from splitldm.rl.baselines import equal_power, evaluate, oracle_index, oracle_power, oracle_rates, water_filling
+    from splitldm.rl.cvpo import CVPO, CVPOConfig
+    from splitldm.rl.envs import MEGRates, SeedPower
+    from splitldm.rl.ppo import PPO, PPOConfig
+    from splitldm.rl.ppo_lagrangian import PPOLagConfig, PPOLagrangian
+
+    q = args.quick
+    episodes = args.episodes or (4 if q else 20)
+    held_out = 100_000
+    log = (lambda s: None) if q else (lambda s: print(s, flush=True))
+    out: dict = {"quick": q, "episodes": episodes}
+
+    env = MEGRates(flat=True)
+    out["quality_source"] = env.quality_source
+    # --- MEG rates: CVPO vs PPO-Lagrangian vs oracle
+    t = time.time()
+    cvpo = CVPO.train_on(env, CVPOConfig(total_steps=2_000 if q else 12_000, learning_starts=500 if q else 1_000,
+                                         seed=args.seed), log=log)
+    out["cvpo_train_s"] = round(time.time() - t, 1)
+    t = time.time()
+    ppol = PPOLagrangian.train_on(env, PPOLagConfig(total_steps=2_048 if q else 12_000, seed=args.seed), log=log)
+    out["ppo_lagrangian_train_s"] = round(time.time() - t, 1)
+    r_c = evaluate(env, lambda o, e: cvpo.act(o), episodes, held_out)
+    r_p = evaluate(env, lambda o, e: ppol.act(o), episodes, held_out)
+    r_o = evaluate(env, oracle_rates, episodes, held_out)
+    out.update(
+        oracle_reward=r_o["reward"], cvpo_reward=r_c["reward"], ppo_lagrangian_reward=r_p["reward"],
+        cvpo_vs_oracle=r_c["reward"] / r_o["reward"], ppo_lagrangian_vs_oracle=r_p["reward"] / r_o["reward"],
+        cvpo_violation_rate=r_c["violation_rate"], ppo_lagrangian_violation_rate=r_p["violation_rate"],
+        oracle_violation_rate=r_o["violation_rate"], infeasible_tasks=r_o["infeasible_tasks"],
+        tasks=r_o["tasks"])
+
+    # --- MEG split vs generate-then-download at the default channel (mid-range distance, no fade)
+    snr = env.channel.mean_snr_db()
+    obs = np.array([snr / 10, 0.0, 0.0], np.float32)
+    n, r = env.actions[cvpo.act(obs)]
+    n_o, r_o_ = env.actions[oracle_index(env, snr)]
+    meg = split_cost(env.flops, n, 0, r, snr)
+    dl_same = download_cost(env.flops, n, snr)
+    dl_full = download_cost(env.flops, 12, snr)
+    out.update(default_snr_db=snr, meg_steps=n, meg_merge_ratio=r, oracle_steps=n_o, oracle_merge_ratio=r_o_,
+               meg_latency_s=meg.latency_s, download_latency_s=dl_same.latency_s,
+               download_12_latency_s=dl_full.latency_s,
+               latency_reduction=1 - meg.latency_s / dl_same.latency_s,
+               latency_reduction_vs_12_steps=1 - meg.latency_s / dl_full.latency_s)
+
+    # --- SeedPower: PPO vs water-filling / equal power / oracle
+    penv = SeedPower()
+    t = time.time()
+    ppo = PPO.train_on(penv, PPOConfig(total_steps=8_192 if q else 40_000, seed=args.seed), log=log)
+    out["ppo_train_s"] = round(time.time() - t, 1)
+    out.update(ppo_power_reward=evaluate(penv, lambda o, e: ppo.act(o), episodes, held_out)["reward"],
+               water_filling_reward=evaluate(penv, water_filling, episodes, held_out)["reward"],
+               equal_power_reward=evaluate(penv, equal_power, episodes, held_out)["reward"],
+               oracle_power_reward=evaluate(penv, oracle_power, max(1, episodes // 4), held_out)["reward"])
+
+    out["targets"] = {
+        "cvpo_vs_oracle>=0.95": out["cvpo_vs_oracle"] >= 0.95,
+        "cvpo_violation_rate<=0.01": out["cvpo_violation_rate"] <= 0.01,
+        "cvpo_fewer_violations_than_ppo_lagrangian": out["cvpo_violation_rate"] < out["ppo_lagrangian_violation_rate"],
+        "ppo_power>=water_filling": out["ppo_power_reward"] >= out["water_filling_reward"],
+        "latency_reduction>=0.5": out["latency_reduction"] >= 0.5,
+        "train_each<600s": max(out["cvpo_train_s"], out["ppo_lagrangian_train_s"], out["ppo_train_s"]) < 600,
+    }
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
