@@ -133,7 +133,7 @@ def test_measured_table_and_cliff():
     for m in (2, 4, 6, 8):  # higher code rate needs more SNR
         thr = [AWGN_BLER10_SNR_DB[(r, m)] for r in sorted({r for r, mm in MCS_TABLE if mm == m})]
         assert thr == sorted(thr)
-    cfg = best_digital_config(8.0, 512, 1024)
+    cfg = best_digital_config(8.0, 1024, 1024)  # rho = 1: 16-QAM rate 1/2 carries 1 bit per value
     assert cfg.bits_per_value >= 1
     thr = AWGN_BLER10_SNR_DB[(cfg.code_rate, cfg.bits_per_symbol)]
     assert measure_bler(cfg, thr + 1.0, num_codewords=40, generator=gen(11)) <= 0.2  # works at design SNR
