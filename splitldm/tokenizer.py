@@ -32,6 +32,26 @@ DEFAULT_WORDS: tuple[str, ...] = (
 )
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply byte-pair merges to ``symbols`` the way CLIP's tokenizer does (lowest rank first, all occurrences)."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), None), (a, b)) for a, b in zip(symbols, symbols[1:])]
+        pairs = [p for p in pairs if p[0] is not None]
+        if not pairs:
+            break
+        _, (a, b) = min(pairs)
+        out, i = [], 0
+        while i < len(symbols):
+            if i < len(symbols) - 1 and symbols[i] == a and symbols[i + 1] == b:
+                out.append(a + b)
+                i += 2
+            else:
+                out.append(symbols[i])
+                i += 1
+        symbols = out
+    return symbols
+
+
 def build_clip_tokenizer(
     words: Iterable[str] = DEFAULT_WORDS,
     model_max_length: int = 16,
@@ -64,14 +84,18 @@ def build_clip_tokenizer(
     for c in ALPHABET + PUNCTUATION:
         add(c)
         add(c + "</w>")
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        # Run BPE (lowest-rank pair first, as CLIP does) with the merges so far; while the word is
+        # still in pieces, append a merge of its first pair. Appended merges rank after all earlier
+        # ones, so words already reduced to one token stay one token.
+        symbols = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         while len(symbols) > 1:
-            merge = f"{symbols[0]} {symbols[1]}"
-            if merge not in merges:
-                merges.append(merge)
-            symbols = [symbols[0] + symbols[1]] + symbols[2:]
-            add(symbols[0])
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(f"{pair[0]} {pair[1]}")
+            add(pair[0] + pair[1])
+            symbols = _bpe(symbols, ranks)
 
     folder = Path(save_dir) if save_dir is not None else Path(tempfile.mkdtemp(prefix="splitldm-tok-"))
     folder.mkdir(parents=True, exist_ok=True)

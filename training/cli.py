@@ -1,0 +1,20 @@
+"""LightningCLI entry shared by the recipes: ``python -m training.<recipe> fit --config configs/<x>.yaml``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from .datamodule import ShapesDataModule
+
+
+def main(model_class, args=None, run: bool = True):
+    """Run LightningCLI for ``model_class`` with `ShapesDataModule`.
+
+    CPU threads come from ``$SPLITLDM_THREADS`` (default 1: the machines this is developed on are shared).
+    """
+    torch.set_num_threads(int(os.environ.get("SPLITLDM_THREADS", "1")))
+    return LightningCLI(model_class, ShapesDataModule, seed_everything_default=0, args=args, run=run,
+                        save_config_kwargs={"overwrite": True})
