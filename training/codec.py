@@ -203,13 +203,17 @@ class CodecLatentData(L.LightningDataModule):
         vae_path: a diffusers AutoencoderKL folder that replaces the pipeline's VAE.
         noised_steps: also train on forward-noised VAE latents at the noise level after these steps
             (`noised_latents`; a proxy for trajectory latents when only the VAE is trained).
+        balance_kinds: weight each training latent by 1 / (per-value variance of its kind), so that
+            kinds of very different scale (clean vs noisy latents) count alike in the MSE (the loss
+            then weighs relative, PSNR-like, error).
         cache_dir: where the safetensors caches go.
     """
 
     def __init__(self, pipeline: str = "tiny", dataset: str = "shapes", num_train: int = 2048, num_val: int = 256,
                  split_steps: list[int] = [2, 4, 6], num_inference_steps: int = 8, guidance_scale: float = 3.0,
                  include_vae: bool = True, vae_path: str | None = None, noised_steps: list[int] = [],
-                 batch_size: int = 128, cache_dir: str = "runs/codec-cache", seed: int = 0, num_workers: int = 0):
+                 balance_kinds: bool = False, batch_size: int = 128, cache_dir: str = "runs/codec-cache",
+                 seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.train_set: dict[str, torch.Tensor] | None = None
@@ -255,8 +259,19 @@ class CodecLatentData(L.LightningDataModule):
         lat = self.train_set["latents"]
         return lat.mean(dim=(0, 2, 3)), lat.std(dim=(0, 2, 3))
 
+    def weights(self) -> torch.Tensor:
+        """Per-latent loss weights (N,): 1 everywhere, or 1 / kind variance (mean 1) with ``balance_kinds``."""
+        lat, kind = self.train_set["latents"], self.train_set["kind"]
+        w = torch.ones(kind.shape[0])
+        if self.hparams.balance_kinds:
+            for k in kind.unique():
+                sel = kind == k
+                w[sel] = 1.0 / lat[sel].var(dim=0).mean().clamp_min(1e-8)
+            w = w / w.mean()
+        return w
+
     def train_dataloader(self):
-        ds = TensorDataset(self.train_set["latents"], self.train_set["kind"])
+        ds = TensorDataset(self.train_set["latents"], self.train_set["kind"], self.weights())
         return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
                           num_workers=self.hparams.num_workers,
                           generator=torch.Generator().manual_seed(self.hparams.seed))
@@ -335,24 +350,26 @@ class CodecModule(L.LightningModule):
             mean, std = dm.stats()
             self.codec.set_input_stats(mean, std.clamp_min(1e-3))
 
-    def _step(self, x: torch.Tensor, snr, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _step(self, x: torch.Tensor, snr, generator: torch.Generator,
+              weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         out = self.codec(x, snr, generator=generator, channel=self.channel)
-        mse = (out["x_hat"] - x).pow(2).mean()
+        per_sample = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+        mse = per_sample.mean()
         out["mse"] = mse
-        out["loss"] = mse
+        out["loss"] = mse if weight is None else (weight.to(per_sample) * per_sample).mean()
         if self.hparams.image_loss_weight > 0:
             with torch.no_grad():
                 ref = self._decode_images(x)
             img_mse = (self._decode_images(out["x_hat"]) - ref).pow(2).mean()
             out["image_mse"] = img_mse
-            out["loss"] = mse + self.hparams.image_loss_weight * img_mse
+            out["loss"] = out["loss"] + self.hparams.image_loss_weight * img_mse
         return out
 
     def training_step(self, batch, batch_idx):
-        x, _ = batch
+        x, weight = batch[0], (batch[2] if len(batch) > 2 else None)
         g = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
         lo, hi = (float(v) for v in self.hparams.snr_range_db)
-        out = self._step(x, (lo, hi), g)  # per-sample SNR ~ U[lo, hi] dB, drawn by the channel from g
+        out = self._step(x, (lo, hi), g, weight)  # per-sample SNR ~ U[lo, hi] dB, drawn by the channel from g
         var = x.var().detach()
         self.log("train/loss", out["loss"], prog_bar=True)
         self.log("train/latent_psnr", 10 * torch.log10(var / out["mse"].detach()), prog_bar=True)
@@ -361,7 +378,7 @@ class CodecModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
-        x, _ = batch
+        x = batch[0]
         var = x.var()
         for kind in self.hparams.channels:
             channel = make_channel([kind], self.hparams.csi)
