@@ -19,8 +19,12 @@ from splitldm.metrics import AttributeClassifier
 
 class ClassifierModule(L.LightningModule):
     def __init__(self, width: int = 32, feature_dim: int = 128, lr: float = 2e-3, export_dir: str | None = None,
-                 augment: bool = True, init_from: str | None = None, seed: int = 0):
-        """``init_from``: a classifier folder to continue from (fine-tuning / a second stage)."""
+                 augment: bool = True, init_from: str | None = None, schedule: str = "cosine", seed: int = 0):
+        """``init_from``: a classifier folder to continue from (a second stage). ``schedule``:
+        ``"onecycle"`` (what the shipped classifier used; its total length is fixed at the first
+        fit, so a resumed run cannot extend ``max_steps``) or ``"cosine"`` (10% warm-up, cosine decay)."""
+        if schedule not in ("onecycle", "cosine"):
+            raise ValueError(f"schedule: expected 'onecycle' or 'cosine', got {schedule!r}")
         super().__init__()
         self.save_hyperparameters()
         with torch.random.fork_rng(devices=[]):
@@ -52,7 +56,13 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
         total = max(1, self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=0.1)
+        if self.hparams.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=0.1)
+        else:
+            from .vae import warmup_cosine
+
+            warm = max(1, total // 10)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self):
