@@ -87,6 +87,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=None, help="channel realisations (default 1 quick, 4 full)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-path", default=None, help="diffusers AutoencoderKL folder replacing the pipeline's VAE")
+    ap.add_argument("--latents", default=None,
+                    help="a safetensors file with 'latents' (N,C,h,w) and 'kind' (N,) (e.g. the codec recipe's "
+                         "held-out cache runs/codec-cache/latents-test-*.safetensors): bench on these, one set per kind")
     ap.add_argument("--proxy-trajectory", action="store_true",
                     help="use forward-noised VAE latents for the split-step set (UNet not trained)")
     args = ap.parse_args(argv)
@@ -95,17 +98,29 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (1 if args.quick else 4)
     t0 = time.time()
 
-    pipe = load_pipeline(args.pipeline)
-    if args.vae_path:
+    pipe = None if args.latents else load_pipeline(args.pipeline)
+    if args.vae_path and pipe is not None:
         from diffusers import AutoencoderKL
 
         pipe.vae = AutoencoderKL.from_pretrained(args.vae_path, use_safetensors=True).eval()
     codec = SeedCodec.load(args.codec)
     rho, lo_train = float(codec.config.rho), float(codec.config.snr_range_db[0])
-    sets = held_out_latents(pipe, num, args.split_step, args.steps, args.guidance, args.seed, args.proxy_trajectory)
+    if args.latents:
+        from safetensors.torch import load_file
+
+        data = load_file(args.latents)
+        names = {-1: "vae"}
+        sets = {}
+        for kind in data["kind"].unique().tolist():
+            name = names.get(kind, f"noised_step{kind - 100}" if kind >= 100 else f"step{kind}")
+            sets[name] = data["latents"][data["kind"] == kind][:num]
+    else:
+        sets = held_out_latents(pipe, num, args.split_step, args.steps, args.guidance, args.seed,
+                                args.proxy_trajectory)
     snrs = sorted(set(args.snr_db) | {lo_train, lo_train - 5.0})
 
-    figures: dict = {"rho": rho, "pipeline": args.pipeline, "vae_path": args.vae_path, "codec": os.path.relpath(args.codec, ROOT),
+    figures: dict = {"rho": rho, "pipeline": args.pipeline, "vae_path": args.vae_path,
+                     "latents_file": os.path.relpath(args.latents, ROOT) if args.latents else None, "codec": os.path.relpath(args.codec, ROOT),
                      "train_snr_range_db": list(codec.config.snr_range_db), "num_latents": num,
                      "repeats": repeats, "sets": {}}
     digital_note = None

@@ -77,6 +77,13 @@ def _fingerprint(pipeline: str) -> str:
 
     path = checkpoints_dir() / SHIPPED[pipeline] if pipeline in SHIPPED else Path(pipeline)
     if not path.is_dir():
+        if pipeline.endswith("-random"):  # seeded random weights: identified by the architecture spec
+            from dataclasses import asdict as _asdict
+
+            from splitldm.models import get_spec
+
+            return hashlib.sha256(json.dumps(_asdict(get_spec(pipeline)), sort_keys=True, default=str)
+                                  .encode()).hexdigest()[:16]
         return pipeline
     stats = sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
                    for p in path.rglob("*") if p.is_file())
@@ -401,6 +408,13 @@ class CodecModule(L.LightningModule):
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             self.codec.save_pretrained(self.hparams.export_dir)
+
+
+def export_checkpoint(ckpt_path: str, export_dir: str) -> SeedCodec:
+    """Write the codec inside a Lightning checkpoint of `CodecModule` as a `SeedCodec` folder."""
+    module = CodecModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False)
+    module.codec.save_pretrained(export_dir)
+    return module.codec
 
 
 def main(args: list[str] | None = None):
