@@ -12,8 +12,10 @@ random generator's state; `scheduler_state` captures what differs from a freshly
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +104,22 @@ def _check_generator(generator, batch_size: int):
     raise TypeError(f"generator: expected a torch.Generator or a list of them, got {type(generator).__name__}")
 
 
+def execution_device(pipe: StableDiffusionPipeline) -> torch.device:
+    """``execution_device(pipe)``, computed once per pipeline object and module placement.
+
+    diffusers' property walks every module on each access (it looks for offloading hooks), which
+    costs more than a tiny UNet pass; the cache key is the UNet's current device.
+    """
+    placement = next(pipe.unet.parameters()).device
+    cached = _DEVICE_CACHE.get(pipe)
+    if cached is None or cached[0] != placement:
+        cached = _DEVICE_CACHE[pipe] = (placement, pipe._execution_device)
+    return cached[1]
+
+
+_DEVICE_CACHE: "weakref.WeakKeyDictionary[StableDiffusionPipeline, tuple]" = weakref.WeakKeyDictionary()
+
+
 def uses_cfg(pipe: StableDiffusionPipeline, guidance_scale: float) -> bool:
     """Whether the pipeline batches unconditional + conditional passes (as diffusers decides)."""
     return guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
@@ -140,7 +158,7 @@ def make_settings(pipe: StableDiffusionPipeline, prompt, *, num_inference_steps:
 def encode_prompts(pipe: StableDiffusionPipeline, settings: GenerationSettings) -> torch.Tensor:
     """Text embeddings as the pipeline builds them: ``[negative; positive]`` when CFG is on."""
     do_cfg = uses_cfg(pipe, settings.guidance_scale)
-    embeds, negative = pipe.encode_prompt(settings.prompt, pipe._execution_device, settings.num_images_per_prompt,
+    embeds, negative = pipe.encode_prompt(settings.prompt, execution_device(pipe), settings.num_images_per_prompt,
                                           do_cfg, settings.negative_prompt)
     return torch.cat([negative, embeds]) if do_cfg else embeds
 
@@ -151,7 +169,7 @@ def guidance_embedding(pipe: StableDiffusionPipeline, settings: GenerationSettin
     if dim is None:
         return None
     w = torch.tensor(settings.guidance_scale - 1).repeat(settings.batch_size)
-    return pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=pipe._execution_device, dtype=dtype)
+    return pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=execution_device(pipe), dtype=dtype)
 
 
 def prepare(pipe: StableDiffusionPipeline, settings: GenerationSettings, generator=None,
@@ -159,7 +177,7 @@ def prepare(pipe: StableDiffusionPipeline, settings: GenerationSettings, generat
     """Everything before the first denoising step: text, timesteps, initial noise (pipeline order)."""
     generator = _check_generator(generator, settings.batch_size)
     prompt_embeds = encode_prompts(pipe, settings)
-    device = pipe._execution_device
+    device = execution_device(pipe)
     scheduler = fresh_scheduler(pipe, settings.num_inference_steps)
     shape = (settings.batch_size, pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor,
              settings.width // pipe.vae_scale_factor)
@@ -195,9 +213,14 @@ def _finish_step(pipe, state: DenoiseState, noise_pred: torch.Tensor, t) -> None
     state.carry, state.carry_stage = None, 0
 
 
+@functools.lru_cache(maxsize=64)
+def _step_parameters(step_function) -> frozenset[str]:
+    return frozenset(inspect.signature(step_function).parameters)
+
+
 def step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
     """``eta`` / ``generator`` for schedulers whose ``step`` takes them (as the pipeline passes them)."""
-    params = set(inspect.signature(scheduler.step).parameters)
+    params = _step_parameters(type(scheduler).step)
     kwargs: dict[str, Any] = {}
     if "eta" in params:
         kwargs["eta"] = eta
@@ -261,7 +284,7 @@ def decode(pipe: StableDiffusionPipeline, state: DenoiseState, output_type: str 
 def fresh_scheduler(pipe: StableDiffusionPipeline, num_inference_steps: int):
     """A new scheduler like ``pipe.scheduler``, set up for ``num_inference_steps`` as the pipeline does."""
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    retrieve_timesteps(scheduler, num_inference_steps, pipe._execution_device)
+    retrieve_timesteps(scheduler, num_inference_steps, execution_device(pipe))
     return scheduler
 
 

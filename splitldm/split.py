@@ -15,12 +15,14 @@ stages ``[0, c)`` and the carry (hidden state, skip stack, embeddings) crosses i
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
 
 from .chain import Carry, UNetChain
 from .link import Link
@@ -31,6 +33,7 @@ from .sampling import (
     decode,
     denoise,
     encode_prompts,
+    execution_device,
     fresh_scheduler,
     generator_states,
     generators_from_states,
@@ -45,12 +48,40 @@ from .sampling import (
 )
 
 CONDITIONS = ("prompt", "embeddings")
+GENERATOR_STATES = ("full", "seed", "none")
 
 
 def _tensor_digest(h, t: torch.Tensor | None) -> None:
     if t is not None and t.device.type != "meta":
         h.update(str(t.dtype).encode())
         h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def latent_space_fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """A short hash of what two pipelines must share to hand latents over: VAE and text encoder."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(pipe.vae.config), sort_keys=True, default=str).encode())
+    h.update(json.dumps(pipe.text_encoder.config.to_dict(), sort_keys=True, default=str).encode())
+    for t in (getattr(pipe.vae.post_quant_conv, "weight", None), pipe.vae.decoder.conv_in.weight,
+              pipe.text_encoder.get_input_embeddings().weight[:16]):
+        _tensor_digest(h, t)
+    return h.hexdigest()[:16]
+
+
+def handoff_timesteps(scheduler, t_start: int, num_steps: int) -> list[int]:
+    """``num_steps`` descending timesteps starting at ``t_start`` for a device-side scheduler.
+
+    Uses the scheduler's own training grid where it has one (LCM's ``original_inference_steps``
+    skipping grid), so a distilled student is evaluated at timesteps it was trained on.
+    """
+    n_train = scheduler.config.num_train_timesteps
+    original = scheduler.config.get("original_inference_steps")
+    grid = list(range(n_train - 1, -1, -(n_train // original))) if original else list(range(n_train - 1, -1, -1))
+    below = [t for t in grid if t <= t_start] or [grid[-1]]
+    if len(below) <= num_steps:
+        return below
+    picks = torch.linspace(0, len(below) - 1, num_steps + 1)[:-1].round().long().tolist()
+    return [below[i] for i in picks]
 
 
 def model_fingerprint(pipe: StableDiffusionPipeline) -> str:
@@ -69,6 +100,21 @@ def model_fingerprint(pipe: StableDiffusionPipeline) -> str:
               pipe.text_encoder.get_input_embeddings().weight[:16]):
         _tensor_digest(h, t)
     return h.hexdigest()[:16]
+
+
+def _payload_generator(meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    """The generator(s) whose state crossed in the payload, or None."""
+    if "generator" not in meta:
+        return None
+    info = meta["generator"]
+    if "seeds" in info:
+        gens = [torch.Generator(device=d).manual_seed(int(seed)) for d, seed in zip(info["devices"], info["seeds"])]
+        return gens if info["list"] else gens[0]
+    try:
+        states = [tensors[f"generator.{i}"] for i in range(len(info["devices"]))]
+    except KeyError as exc:
+        raise PayloadError(f"payload: generator state {exc} is missing") from None
+    return generators_from_states(states, info["devices"], info["list"])
 
 
 @dataclass
@@ -96,13 +142,22 @@ class SplitPipeline:
         condition: what the UE conditions on: ``"prompt"`` sends the prompt text and the UE runs its
             own text encoder (a few bytes); ``"embeddings"`` sends the text embeddings (no text
             encoder on the UE, but (B, L, D) floats cross).
-        device_pipe: the UE's pipeline if it is a different object holding the same models
-            (checked by `model_fingerprint`); default ``pipe``.
+        device_pipe: the UE's pipeline; default ``pipe``. Without ``device_steps`` it must hold the
+            same models (checked by `model_fingerprint`) and the result is exact.
+        device_steps: hand over to a *different* UE model (e.g. a distilled LCM student sharing the
+            VAE and text encoder, checked by `latent_space_fingerprint`): the UE continues from the
+            ES's current timestep with ``device_steps`` steps of its own scheduler (which must accept
+            custom timesteps: LCM, Euler, DPM-Solver++). Not exact, by design: dynamic diffusion.
+        generator_state: how the UE gets its random numbers (ancestral / LCM schedulers draw noise):
+            ``"full"`` sends the generator state (exact; 5,056 bytes for a CPU generator),
+            ``"seed"`` sends a 64-bit seed drawn from the ES's generator (reproducible, 8 bytes, but
+            not the unsplit pipeline's noise), ``"none"`` sends nothing (deterministic schedulers).
     """
 
     def __init__(self, pipe: StableDiffusionPipeline, split_step: int = 0, link: Link | None = None,
                  split_stage: int | None = None, condition: str = "prompt",
-                 device_pipe: StableDiffusionPipeline | None = None):
+                 device_pipe: StableDiffusionPipeline | None = None, device_steps: int | None = None,
+                 generator_state: str = "full"):
         if not isinstance(pipe, StableDiffusionPipeline):
             raise TypeError(f"pipe: expected a diffusers StableDiffusionPipeline, got {type(pipe).__name__}")
         if not isinstance(split_step, int) or isinstance(split_step, bool) or split_step < 0:
@@ -117,6 +172,20 @@ class SplitPipeline:
             raise ValueError(f"condition: expected one of {CONDITIONS}, got {condition!r}")
         if device_pipe is not None and not isinstance(device_pipe, StableDiffusionPipeline):
             raise TypeError(f"device_pipe: expected a StableDiffusionPipeline, got {type(device_pipe).__name__}")
+        if device_steps is not None:
+            if not isinstance(device_steps, int) or isinstance(device_steps, bool) or device_steps < 1:
+                raise ValueError(f"device_steps: must be None or an int >= 1, got {device_steps!r}")
+            if split_stage is not None:
+                raise ValueError("split_stage: a cut inside a UNet pass cannot hand over to another model "
+                                 "(device_steps is set)")
+            scheduler = (device_pipe or pipe).scheduler
+            if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+                raise ValueError(f"device_pipe: its scheduler {type(scheduler).__name__} cannot start from an "
+                                 "arbitrary timestep; use LCM, Euler or DPM-Solver++ on the device")
+        if generator_state not in GENERATOR_STATES:
+            raise ValueError(f"generator_state: expected one of {GENERATOR_STATES}, got {generator_state!r}")
+        self.generator_state = generator_state
+        self.device_steps = device_steps
         self.pipe = pipe
         self.device_pipe = device_pipe or pipe
         self.split_step = split_step
@@ -163,6 +232,8 @@ class SplitPipeline:
         meta: dict[str, Any] = {
             "kind": "splitldm.split",
             "model": self.fingerprint(pipe),
+            "latent_space": latent_space_fingerprint(pipe),
+            "next_timestep": int(state.timesteps[state.step]) if state.step < state.num_steps else -1,
             "scheduler": type(state.scheduler).__name__,
             "scheduler_state": sched,
             "step": state.step,
@@ -175,11 +246,14 @@ class SplitPipeline:
             tensors["prompt_embeds"] = state.prompt_embeds.detach().cpu()
             meta["settings"]["prompt"] = [""] * len(settings.prompt)  # the text itself need not cross
             meta["settings"]["negative_prompt"] = None
-        states = generator_states(state.generator)
-        if states is not None:
+        if state.generator is not None and self.generator_state != "none":
             gens = state.generator if isinstance(state.generator, list) else [state.generator]
             meta["generator"] = {"devices": [str(g.device) for g in gens], "list": isinstance(state.generator, list)}
-            tensors.update({f"generator.{i}": s for i, s in enumerate(states)})
+            if self.generator_state == "full":
+                tensors.update({f"generator.{i}": s for i, s in enumerate(generator_states(state.generator))})
+            else:
+                meta["generator"]["seeds"] = [int(torch.randint(0, 2**63 - 1, (1,), generator=g, device=g.device))
+                                              for g in gens]
         if state.carry is not None:
             carry_tensors = state.carry.tensors()
             if self.condition == "prompt":
@@ -203,6 +277,8 @@ class SplitPipeline:
         pipe, meta, tensors = self.device_pipe, payload.meta, payload.tensors
         if meta.get("kind") != "splitldm.split":
             raise PayloadError("payload: not a SplitPipeline payload (meta['kind'] missing)")
+        if self.device_steps is not None:
+            return self._unpack_handoff(payload)
         if meta.get("model") != self.fingerprint(pipe):
             raise PayloadError(f"payload: made by a different model (fingerprint {meta.get('model')} != "
                                f"{self.fingerprint(pipe)} of this device's pipeline)")
@@ -214,7 +290,7 @@ class SplitPipeline:
             latents = tensors["latents"]
         except (KeyError, TypeError) as exc:
             raise PayloadError(f"payload: incomplete ({exc})") from exc
-        device, dtype = pipe._execution_device, pipe.unet.dtype
+        device, dtype = execution_device(pipe), pipe.unet.dtype
         expected = (settings.batch_size, pipe.unet.config.in_channels,
                     settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
         if tuple(latents.shape) != expected:
@@ -231,11 +307,7 @@ class SplitPipeline:
                 raise PayloadError(f"payload: prompt_embeds batch {prompt_embeds.shape[0]} != {rows}")
         scheduler = restore_scheduler(pipe, settings.num_inference_steps,
                                       unpack_value(meta["scheduler_state"], tensors, device))
-        generator = None
-        if "generator" in meta:
-            info = meta["generator"]
-            states = [tensors[f"generator.{i}"] for i in range(len(info["devices"]))]
-            generator = generators_from_states(states, info["devices"], info["list"])
+        generator = _payload_generator(meta, tensors)
         state = DenoiseState(settings=settings, scheduler=scheduler, latents=latents.to(device, dtype),
                              step=int(meta["step"]), timesteps=scheduler.timesteps, prompt_embeds=prompt_embeds,
                              timestep_cond=guidance_embedding(pipe, settings, dtype), generator=generator,
@@ -251,6 +323,38 @@ class SplitPipeline:
             state.carry = Carry.from_tensors(carry_tensors, meta["carry"]["layout"])
             state.carry_stage = int(meta["carry"]["stage"])
         return state
+
+    def _unpack_handoff(self, payload: Payload) -> DenoiseState:
+        pipe, meta, tensors = self.device_pipe, payload.meta, payload.tensors
+        if meta.get("latent_space") != latent_space_fingerprint(pipe):
+            raise PayloadError("payload: made by a model with a different VAE / text encoder than this device's")
+        if "carry" in meta:
+            raise PayloadError("payload: a cut inside a UNet pass cannot be handed over to another model")
+        settings = GenerationSettings(**meta["settings"])
+        device, dtype = execution_device(pipe), pipe.unet.dtype
+        latents = tensors["latents"]
+        if not torch.isfinite(latents).all():
+            raise PayloadError("payload: latents contain NaN or inf")
+        if meta["condition"] == "prompt":
+            prompt_embeds = encode_prompts(pipe, settings)
+        else:
+            prompt_embeds = tensors["prompt_embeds"].to(device)
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        done = meta["next_timestep"] < 0
+        if not done:
+            steps = handoff_timesteps(scheduler, meta["next_timestep"], self.device_steps)
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # custom schedules are intended here: no warnings
+            try:
+                scheduler.set_timesteps(timesteps=steps, device=device)
+            finally:
+                diffusers_logging.set_verbosity(level)
+        timesteps = scheduler.timesteps if not done else torch.zeros(0, dtype=torch.long)
+        generator = _payload_generator(meta, tensors)
+        return DenoiseState(settings=settings, scheduler=scheduler, latents=latents.to(device, dtype), step=0,
+                            timesteps=timesteps, prompt_embeds=prompt_embeds,
+                            timestep_cond=guidance_embedding(pipe, settings, dtype), generator=generator,
+                            do_cfg=uses_cfg(pipe, settings.guidance_scale))
 
     # ---------------------------------------------------------------- both
     def __call__(self, prompt, *, output_type: str = "pil", link_generator: torch.Generator | None = None,

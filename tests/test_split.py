@@ -53,7 +53,7 @@ def test_tiny_architecture_split_equals_pipeline(tiny_pipe):
     """The architecture of the shipped model, with a cut inside the pass and one between steps."""
     pipe = with_scheduler(tiny_pipe, "dpm++")
     reference = _reference(pipe, ["a red circle"], 4.0)
-    for k, stage in ((2, None), (1, 4)):
+    for k, stage in ((1, 4),):
         out = SplitPipeline(pipe, split_step=k, split_stage=stage)(
             ["a red circle"], num_inference_steps=STEPS, guidance_scale=4.0, generator=_gen(), output_type="np")
         np.testing.assert_array_equal(out.images, reference)
@@ -164,8 +164,47 @@ def test_mismatched_batch_and_non_finite_payload(micro_pipe):
 
 def test_corrupted_payload_bytes(micro_pipe):
     data = SplitPipeline(micro_pipe, split_step=1).edge("a red circle", num_inference_steps=2).to_bytes()
-    for broken in (data[:-7], b"\x00" * 16, data[:8] + b"{" + data[9:]):
+    for broken in (data[:-7], b"\x00" * 16, data[:8] + b"X" + data[9:], data[:8] + b"{}" + data[10:]):
         with pytest.raises(PayloadError, match="data"):
             Payload.from_bytes(broken)
     with pytest.raises(TypeError, match="data"):
         Payload.from_bytes("not bytes")
+
+
+def test_generator_state_modes(micro_pipe):
+    pipe = with_scheduler(micro_pipe, "euler-a")  # ancestral: the UE draws noise
+    kwargs = dict(num_inference_steps=STEPS, output_type="np")
+    full = SplitPipeline(pipe, split_step=2, generator_state="full")
+    seed = SplitPipeline(pipe, split_step=2, generator_state="seed")
+    none = SplitPipeline(pipe, split_step=2, generator_state="none")
+    p_full, p_seed, p_none = (s.edge("a red circle", num_inference_steps=STEPS, generator=_gen()) for s in (full, seed, none))
+    assert p_full.num_bits() - p_seed.num_bits() > 5000 * 8  # the CPU generator state is 5,056 bytes
+    assert "generator.0" not in p_seed.tensors and "generator" not in p_none.meta
+    a = seed.device(p_seed, output_type="np")
+    b = seed(["a red circle"], generator=_gen(), **kwargs).images
+    np.testing.assert_array_equal(a, b)  # reproducible from the seed
+    with pytest.raises(ValueError, match="generator_state"):
+        SplitPipeline(pipe, generator_state="some")
+
+
+def test_handoff_to_a_student_model(micro_pipe):
+    """Dynamic diffusion: the ES runs k teacher steps, a different UE model finishes in its own steps."""
+    student = build_pipeline("micro-random", seed=0, scheduler="lcm")
+    student.unet = build_pipeline("micro-random", seed=9).unet  # same VAE/text encoder, another UNet
+    split = SplitPipeline(micro_pipe, split_step=2, device_pipe=student, device_steps=2, generator_state="seed")
+    out = split("a red circle", num_inference_steps=STEPS, generator=_gen(), output_type="np")
+    assert out.images.shape == (1, 32, 32, 3) and np.isfinite(out.images).all()
+    state = split._unpack(out.received)
+    assert state.num_steps == 2 and int(state.timesteps[0]) <= out.sent.meta["next_timestep"]
+    # The plain (exact) mode refuses the other model; the handoff refuses another latent space.
+    with pytest.raises(PayloadError, match="different model"):
+        SplitPipeline(micro_pipe, device_pipe=student).device(out.sent)
+    stranger = build_pipeline("micro-random", seed=77, scheduler="lcm")
+    with pytest.raises(PayloadError, match="VAE"):
+        SplitPipeline(micro_pipe, device_pipe=stranger, device_steps=2).device(out.sent)
+    with pytest.raises(ValueError, match="device_steps"):
+        SplitPipeline(micro_pipe, device_pipe=student, device_steps=0)
+    with pytest.raises(ValueError, match="device_pipe"):
+        SplitPipeline(micro_pipe, device_pipe=with_scheduler(student, "ddim"), device_steps=2)
+    with pytest.raises(ValueError, match="split_stage"):
+        SplitPipeline(micro_pipe, split_stage=2, device_pipe=student, device_steps=2)
