@@ -2,7 +2,7 @@
 
 A run config (YAML or dict)::
 
-    algorithm: cvpo                 # cvpo | ppo_lagrangian | ppo
+    algorithm: cvpo                 # cvpo | ppo_lagrangian | ppo | d3ql | t2drl
     env: {id: splitldm/MEGRatesFlat-v0, kwargs: {}}
     hparams: {total_steps: 12000}   # fields of CVPOConfig / PPOLagConfig / PPOConfig
     output: runs/cvpo               # policy.safetensors + policy.json + curve.png + eval.json
@@ -21,18 +21,23 @@ import gymnasium as gym
 import numpy as np
 
 from . import envs as _envs  # noqa: F401  (registers the environments)
+from . import placement as _placement  # noqa: F401  (registers splitldm/ChainPlacement-v0)
 from .baselines import (
     equal_power, evaluate, fixed_rates, oracle_power, oracle_rates, water_filling,
 )
 from .cvpo import CVPO, CVPOConfig
+from .d3ql import D3QL, D3QLConfig
 from .ppo import PPO, PPOConfig
 from .ppo_lagrangian import PPOLagConfig, PPOLagrangian
+from .t2drl import T2DRL, T2DRLConfig
 
 __all__ = ["ALGORITHMS", "load_run_config", "make_env", "train", "load_agent", "evaluate_agent", "plot_history"]
 
-ALGORITHMS = {"cvpo": (CVPO, CVPOConfig), "ppo_lagrangian": (PPOLagrangian, PPOLagConfig), "ppo": (PPO, PPOConfig)}
+ALGORITHMS = {"cvpo": (CVPO, CVPOConfig), "ppo_lagrangian": (PPOLagrangian, PPOLagConfig), "ppo": (PPO, PPOConfig),
+              "d3ql": (D3QL, D3QLConfig), "t2drl": (T2DRL, T2DRLConfig)}
 DEFAULT_ENV = {"cvpo": "splitldm/MEGRatesFlat-v0", "ppo_lagrangian": "splitldm/MEGRatesFlat-v0",
-               "ppo": "splitldm/SeedPower-v0"}
+               "ppo": "splitldm/SeedPower-v0", "d3ql": "splitldm/ChainPlacement-v0",
+               "t2drl": "splitldm/ModelCaching-v0"}
 
 
 def load_run_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
@@ -51,7 +56,7 @@ def load_run_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     algo = cfg.get("algorithm")
     if algo not in ALGORITHMS:
         raise ValueError(f"algorithm: expected one of {sorted(ALGORITHMS)}, got {algo!r}")
-    unknown = set(cfg) - {"algorithm", "env", "hparams", "output", "eval"}
+    unknown = set(cfg) - {"algorithm", "env", "hparams", "output", "eval", "users"}
     if unknown:
         raise ValueError(f"config: unknown keys {sorted(unknown)}")
     env = dict(cfg.get("env") or {})
@@ -65,7 +70,13 @@ def load_run_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     ev = dict(cfg.get("eval") or {})
     ev.setdefault("episodes", 20)
     ev.setdefault("seed", 100_000)
-    return {"algorithm": algo, "env": env, "hparams": hp, "output": str(cfg.get("output", f"runs/{algo}")), "eval": ev}
+    out = {"algorithm": algo, "env": env, "hparams": hp, "output": str(cfg.get("output", f"runs/{algo}")), "eval": ev}
+    if "users" in cfg:  # user counts of the reward-vs-users evaluation (placement / caching)
+        users = cfg["users"]
+        if not isinstance(users, list) or not users or any(not isinstance(u, int) or u < 1 for u in users):
+            raise ValueError(f"users: expected a non-empty list of ints >= 1, got {users!r}")
+        out["users"] = users
+    return out
 
 
 def make_env(env_cfg: Mapping[str, Any]):
@@ -83,15 +94,25 @@ def train(config: str | Path | Mapping[str, Any], log=print) -> tuple[Any, dict[
     out = Path(cfg["output"])
     agent.save(out)
     (out / "run.json").write_text(json.dumps(cfg, indent=1))
-    plot_history(agent.history, out / "curve.png", title=f"{cfg['algorithm']} on {cfg['env']['id']}")
+    episodic = cfg["algorithm"] in ("d3ql", "t2drl")
+    plot_history(agent.history, out / "curve.png", title=f"{cfg['algorithm']} on {cfg['env']['id']}",
+                 x_key="episode" if episodic else "step")
     summary = {"algorithm": cfg["algorithm"], "train_seconds": round(seconds, 1),
                **evaluate_agent(agent, cfg["env"], cfg["eval"]["episodes"], cfg["eval"]["seed"])}
+    if episodic and cfg.get("users"):
+        from .evaluation_users import reward_vs_users
+
+        summary["vs_users"] = reward_vs_users(agent, cfg["env"], cfg["users"], cfg["eval"]["episodes"],
+                                              cfg["eval"]["seed"], out / "reward_vs_users.png")
     (out / "eval.json").write_text(json.dumps(summary, indent=1))
     return agent, summary
 
 
 def load_agent(directory: str | Path):
-    meta = json.loads((Path(directory) / "policy.json").read_text())
+    path = Path(directory) / "policy.json"
+    if not path.exists():
+        raise FileNotFoundError(f"directory: {directory} has no policy.json")
+    meta = json.loads(path.read_text())
     algo = meta.get("algorithm")
     if algo not in ALGORITHMS:
         raise ValueError(f"directory: unknown algorithm {algo!r} in {directory}")
@@ -102,6 +123,10 @@ def evaluate_agent(agent, env_cfg: Mapping[str, Any], episodes: int = 20, seed: 
                    baselines: bool = True) -> dict[str, Any]:
     """The agent and the reference policies on the same held-out episodes (seeds from ``seed``)."""
     env = make_env(env_cfg)
+    if isinstance(agent, (D3QL, T2DRL)):
+        from .evaluation_users import evaluate_episodic
+
+        return evaluate_episodic(agent, env, episodes, seed, baselines)
     res: dict[str, Any] = {"agent": evaluate(env, lambda o, e: agent.act(o), episodes, seed)}
     if not baselines:
         return res
@@ -122,14 +147,15 @@ def evaluate_agent(agent, env_cfg: Mapping[str, Any], episodes: int = 20, seed: 
     return res
 
 
-def plot_history(history: Mapping[str, list], path: str | Path, title: str = "") -> Path:
-    """Episode reward (and constraint cost, when recorded) against environment steps, smoothed."""
+def plot_history(history: Mapping[str, list], path: str | Path, title: str = "", x_key: str = "step") -> Path:
+    """Episode reward (and constraint cost, when recorded) against ``history[x_key]`` (environment
+    steps by default, or "episode"), smoothed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = np.asarray(history.get("step", []))
+    steps = np.asarray(history.get(x_key) or history.get("step", []))
     keys = [k for k in ("episode_reward", "episode_cost") if history.get(k)]
     fig, axes = plt.subplots(1, len(keys) or 1, figsize=(5 * max(1, len(keys)), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):
@@ -138,7 +164,7 @@ def plot_history(history: Mapping[str, list], path: str | Path, title: str = "")
         smooth = np.convolve(y, np.ones(w) / w, mode="valid")
         ax.plot(steps[:len(y)], y, alpha=0.3)
         ax.plot(steps[w - 1:len(y)], smooth)
-        ax.set_xlabel("environment steps")
+        ax.set_xlabel("episodes" if x_key == "episode" else "environment steps")
         ax.set_ylabel(k.replace("_", " "))
         ax.grid(alpha=0.3)
     fig.suptitle(title)

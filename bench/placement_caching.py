@@ -1,0 +1,152 @@
+"""Placement (D3QL vs monolithic / fixed chain / greedy / exhaustive optimum) and two-timescale caching
+(DDQN + D3PG vs LFU + equal allocation / per-frame oracle / search optimum). Last line: one JSON object.
+
+    python bench/placement_caching.py            # budgets of configs/rl/d3ql.yaml and caching.yaml
+    python bench/placement_caching.py --quick    # small budgets (a smoke run; figures are not the claim)
+
+Evaluation uses held-out seeds (100000+). Single thread (torch.set_num_threads(1)); training times
+are given as wall clock and as this process's CPU time (the fair figure on a shared machine). Plots (reward vs
+episodes, reward vs users) go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--episodes", type=int, default=None, help="held-out evaluation episodes per user count")
+    ap.add_argument("--out", default="runs/bench_placement_caching", help="folder for the PNG plots")
+    ap.add_argument("--only", choices=["placement", "caching"], default=None)
+    args = ap.parse_args(argv)
+
+    t_start = time.time()
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="no measured quality table")
+    from splitldm.rl.caching import (
+        ModelCaching, ResourceAllocation, equal_allocation, evaluate_allocation, evaluate_caching, lfu_cache,
+        optimal_allocation, oracle_cache,
+    )
+    from splitldm.rl.d3ql import D3QL, D3QLConfig
+    from splitldm.rl.evaluation_users import plot_vs_users
+    from splitldm.rl.placement import ChainPlacement
+    from splitldm.rl.placement_baselines import (
+        evaluate_placement, exhaustive_optimum, fixed_chain, greedy_placement, monolithic,
+    )
+    from splitldm.rl.t2drl import T2DRL, T2DRLConfig
+    from splitldm.rl.train import plot_history
+
+    q = args.quick
+    held = 100_000
+    log = (lambda s: None) if q else (lambda s: print(s, flush=True))
+    out: dict = {"quick": q}
+    os.makedirs(args.out, exist_ok=True)
+
+    if args.only in (None, "placement"):
+        users = [2, 5, 10, 20]
+        episodes = args.episodes or (3 if q else 20)
+        env = ChainPlacement(num_users=users, max_chain=2)
+        out["quality_source"] = env.quality_source
+        t, c = time.time(), time.process_time()
+        agent = D3QL.train_on(env, D3QLConfig(total_steps=2_000 if q else 30_000, learning_starts=300 if q else 1_000,
+                                              seed=args.seed), log=log)
+        out["d3ql_train_s"] = round(time.time() - t, 1)
+        out["d3ql_train_cpu_s"] = round(time.process_time() - c, 1)
+        plot_history(agent.history, os.path.join(args.out, "d3ql_curve.png"), "D3QL on ChainPlacement", x_key="episode")
+        pols = {"d3ql": agent.policy(), "monolithic": monolithic, "fixed_chain_2": fixed_chain(2),
+                "greedy": greedy_placement}
+        per = {u: {n: evaluate_placement(env, p, episodes, held, u) for n, p in pols.items()} for u in users}
+        plot_vs_users({n: [per[u][n]["reward"] for u in users] for n in pols}, users,
+                      os.path.join(args.out, "placement_vs_users.png"), "reward per request")
+        out["placement"] = {str(u): {n: {k: round(r[k], 4) for k in ("reward", "served_rate", "latency_violation_rate",
+                                                                     "steps", "mean_chain")} for n, r in d.items()}
+                            for u, d in per.items()}
+        out["d3ql_masked_choices"] = sum(per[u]["d3ql"]["masked_choices"] for u in users)
+        # exhaustive optimum on small instances (3 users, 49 actions: ~1e5 sequences each)
+        small_users, n_inst = (2, 3) if q else (3, 10)
+        opt, got, grd = [], [], []
+        t = time.time()
+        for k in range(n_inst):
+            env.reset(seed=held + 500 + k, options={"num_users": small_users})
+            opt.append(exhaustive_optimum(env)[0])
+            got.append(evaluate_placement(env, agent.policy(), 1, held + 500 + k, small_users)["reward"] * small_users)
+            grd.append(evaluate_placement(env, greedy_placement, 1, held + 500 + k, small_users)["reward"] * small_users)
+        out["exhaustive_s"] = round(time.time() - t, 1)
+        out.update(small_users=small_users, small_instances=n_inst, optimum_reward=float(np.mean(opt)),
+                   d3ql_small_reward=float(np.mean(got)), greedy_small_reward=float(np.mean(grd)),
+                   d3ql_gap_to_optimum=float((np.mean(opt) - np.mean(got)) / abs(np.mean(opt))),
+                   greedy_gap_to_optimum=float((np.mean(opt) - np.mean(grd)) / abs(np.mean(opt))))
+
+    if args.only in (None, "caching"):
+        users = [2, 4, 6]
+        episodes = args.episodes or (2 if q else 5)
+        cenv = ModelCaching(num_users=users, frames_per_episode=5 if q else 20)
+        t, c = time.time(), time.process_time()
+        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=1_500 if q else 20_000, caching_steps=150 if q else 3_000,
+                                              seed=args.seed, d3pg={"learning_starts": 300} if q else None,
+                                              ddqn={"learning_starts": 50} if q else None), log=log)
+        out["t2drl_train_s"] = round(time.time() - t, 1)
+        out["t2drl_train_cpu_s"] = round(time.process_time() - c, 1)
+        plot_history(t2.ddqn.history, os.path.join(args.out, "ddqn_curve.png"), "DDQN (caching) with D3PG", x_key="episode")
+        plot_history(t2.d3pg.history, os.path.join(args.out, "d3pg_curve.png"), "D3PG (allocation)", x_key="episode")
+        combos = {"ddqn_d3pg": (t2.cacher, t2.allocator), "lfu_equal": (lfu_cache, None),
+                  "lfu_d3pg": (lfu_cache, t2.allocator), "ddqn_equal": (t2.cacher, None),
+                  "oracle_d3pg": (oracle_cache(t2.allocator), t2.allocator)}
+        if q:
+            del combos["oracle_d3pg"]
+        per = {u: {n: evaluate_caching(cenv, c, a, episodes, held, u) for n, (c, a) in combos.items()} for u in users}
+        plot_vs_users({n: [per[u][n]["reward_per_request"] for u in users] for n in combos}, users,
+                      os.path.join(args.out, "caching_vs_users.png"), "reward per request")
+        out["caching"] = {str(u): {n: {k: round(r[k], 4) for k in ("reward_per_request", "late_rate", "quality")}
+                                   for n, r in d.items()} for u, d in per.items()}
+        # allocation alone on small slots (3 active users): D3PG vs equal vs grid-search optimum
+        slot_env = ResourceAllocation(cacher=lfu_cache, **{**cenv.init_kwargs, "num_users": 3, "max_users": max(users),
+                                                            "frames_per_episode": 3 if q else 10})
+        t = time.time()
+        alloc = {"d3pg": evaluate_allocation(slot_env, lambda o, e: t2.d3pg.act(o), 2, held),
+                 "equal": evaluate_allocation(slot_env, equal_allocation, 2, held),
+                 "optimum": evaluate_allocation(slot_env, optimal_allocation, 2, held)}
+        out["allocation_search_s"] = round(time.time() - t, 1)
+        out["allocation_small"] = {n: round(r["reward"], 4) for n, r in alloc.items()}
+        out["d3pg_gap_to_optimum"] = (alloc["optimum"]["reward"] - alloc["d3pg"]["reward"]) / abs(alloc["optimum"]["reward"])
+        out["equal_gap_to_optimum"] = (alloc["optimum"]["reward"] - alloc["equal"]["reward"]) / abs(alloc["optimum"]["reward"])
+        if not q:
+            out["caching_gap_to_oracle"] = float(np.mean([(per[u]["oracle_d3pg"]["reward"] - per[u]["ddqn_d3pg"]["reward"])
+                                                          / abs(per[u]["oracle_d3pg"]["reward"]) for u in users]))
+
+    tg = {}
+    if "placement" in out:
+        pl = out["placement"]
+        tg["d3ql_within_5pct_of_optimum"] = out["d3ql_gap_to_optimum"] <= 0.05
+        tg["d3ql>monolithic_all_users"] = all(pl[u]["d3ql"]["reward"] > pl[u]["monolithic"]["reward"] for u in pl)
+        tg["d3ql>fixed_chain_all_users"] = all(pl[u]["d3ql"]["reward"] > pl[u]["fixed_chain_2"]["reward"] for u in pl)
+        tg["d3ql_no_masked_choice"] = out["d3ql_masked_choices"] == 0
+        tg["d3ql_train_cpu<600s"] = out["d3ql_train_cpu_s"] < 600
+    if "caching" in out:
+        ca = out["caching"]
+        tg["ddqn_d3pg>lfu_equal_all_users"] = all(ca[u]["ddqn_d3pg"]["reward_per_request"] > ca[u]["lfu_equal"]["reward_per_request"]
+                                                  for u in ca)
+        tg["d3pg>equal_small"] = out["allocation_small"]["d3pg"] > out["allocation_small"]["equal"]
+        tg["t2drl_train_cpu<600s"] = out["t2drl_train_cpu_s"] < 600
+    out["targets"] = tg
+    out["wall_s"] = round(time.time() - t_start, 1)
+    out["cpu_s"] = round(time.process_time(), 1)
+    print(json.dumps(out, default=lambda v: round(v, 4) if isinstance(v, float) else str(v)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
