@@ -243,6 +243,8 @@ def prompt_adherence(images: torch.Tensor, prompts: Sequence[str],
     does not name are not checked. With ``per_attribute`` also returns per-attribute accuracies.
     """
     x = _check_images("images", images)
+    if not isinstance(prompts, str) and len(prompts) == 0:
+        raise ValueError("prompts: the prompt list is empty")
     if isinstance(prompts, str) or len(prompts) != len(x):
         raise ValueError(f"prompts: expected a list of {len(x)} strings, got {type(prompts).__name__}")
     model = classifier if classifier is not None else load_classifier()

@@ -101,9 +101,9 @@ SPECS: dict[str, ModelSpec] = {
         ),
         vae=dict(
             in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-            block_out_channels=(8, 16, 32, 64),  # cheap at 64x64: flat-colour scenes need few full-res channels
+            block_out_channels=(16, 16, 32, 64),
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            norm_num_groups=8, sample_size=64, scaling_factor=1.0,
+            norm_num_groups=4, sample_size=64, scaling_factor=1.0,
         ),
         text_encoders=(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu"),),

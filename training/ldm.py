@@ -54,8 +54,16 @@ class LatentCache(torch.nn.Module):
         """Scaled latents (B, 4, h, w) for images (B, 3, H, W) in [0, 1] at dataset ``index`` (B,)."""
         todo = ~self.filled[index]
         if todo.any():
-            post = vae.encode(images[todo] * 2 - 1).latent_dist
-            self.mean[index[todo]], self.std[index[todo]] = post.mean, post.std
+            if getattr(vae, "_analytic", False):  # training.vae_init codec: the encoder is a block average
+                from .vae import block_average_latents
+
+                mean = block_average_latents(images[todo], vae.config.latent_channels)
+                logvar = vae.encoder.conv_out.bias[vae.config.latent_channels:]  # constant (zero weights)
+                std = torch.exp(0.5 * logvar).view(1, -1, 1, 1).expand_as(mean)
+            else:
+                post = vae.encode(images[todo] * 2 - 1).latent_dist
+                mean, std = post.mean, post.std
+            self.mean[index[todo]], self.std[index[todo]] = mean, std
             self.filled[index[todo]] = True
         mean, std = self.mean[index], self.std[index]
         return (mean + std * torch.randn_like(mean)) * vae.config.scaling_factor
@@ -64,13 +72,24 @@ class LatentCache(torch.nn.Module):
 class LDMModule(L.LightningModule):
     def __init__(self, vae_path: str | None = None, model: str = "tiny", lr: float = 1e-3, caption_dropout: float = 0.1,
                  min_snr_gamma: float | None = 5.0, ema_decay: float = 0.999, warmup_steps: int = 100,
-                 cache_size: int = 20000, export_dir: str | None = None, seed: int = 0):
-        """``vae_path``: diffusers AutoencoderKL folder from recipe (a) (None: random VAE, for tests only)."""
+                 cache_size: int = 20000, export_dir: str | None = None, export_vae_path: str | None = None,
+                 seed: int = 0):
+        """``vae_path``: diffusers AutoencoderKL folder from recipe (a), ``"analytic"`` (its frozen
+        encoder, rebuilt), or None (random VAE, for tests only).
+        ``export_vae_path``: the VAE to ship in the exported pipeline, read when fitting ends (default
+        ``vae_path``); must have the same encoder, e.g. a decoder fine-tuned with ``train_encoder: false``."""
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = build_clip_tokenizer(DEFAULT_WORDS, model_max_length=16)
-        self.vae = (AutoencoderKL.from_pretrained(vae_path, use_safetensors=True) if vae_path
-                    else build_vae(model, seed)).eval().requires_grad_(False)
+        if vae_path == "analytic":  # the block-average codec of training.vae_init (encoder of recipe (a))
+            from .vae import analytic_vae
+
+            self.vae = analytic_vae(model, seed)
+        elif vae_path:
+            self.vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True)
+        else:
+            self.vae = build_vae(model, seed)
+        self.vae = self.vae.eval().requires_grad_(False)
         self.text_encoder = build_text_encoder(model, seed + 1, vocab_size=len(self.tokenizer)).train()
         self.unet = build_unet(model, seed + 2).train()
         self.ema_text = copy.deepcopy(self.text_encoder).eval().requires_grad_(False)
@@ -144,7 +163,18 @@ class LDMModule(L.LightningModule):
 
     def on_fit_end(self):
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            export_pipeline(self.pipeline(), self.hparams.export_dir)
+            pipe = self.pipeline()
+            if self.hparams.export_vae_path and not Path(self.hparams.export_vae_path, "config.json").exists():
+                import warnings
+
+                warnings.warn(f"export_vae_path: {self.hparams.export_vae_path} not found; shipping the training VAE")
+            elif self.hparams.export_vae_path:
+                vae = AutoencoderKL.from_pretrained(self.hparams.export_vae_path, use_safetensors=True).eval()
+                if vae.config.scaling_factor != self.vae.config.scaling_factor:
+                    raise ValueError("export_vae_path: its scaling_factor differs from the training VAE's")
+                pipe.vae = vae
+                pipe.register_modules(vae=vae)
+            export_pipeline(pipe, self.hparams.export_dir)
 
 
 def export_pipeline(pipe, export_dir: str | Path, fp16: bool = True) -> Path:

@@ -22,12 +22,29 @@ from splitldm.models import build_vae
 class VAEModule(L.LightningModule):
     def __init__(self, model: str = "tiny", lr: float = 1e-3, kl_weight: float = 1e-5, warmup_steps: int = 50,
                  export_dir: str | None = None, scale_examples: int = 512, crop_size: int | None = None,
-                 logvar_init: float | None = -6.0, seed: int = 0):
+                 logvar_init: float | None = -6.0, init_from: str | None = None, train_encoder: bool = True,
+                 seed: int = 0):
+        """``init_from``: an exported VAE folder, or ``"analytic"`` for `training.vae_init.analytic_init`
+        (block-average codec; its scaling factor is set from ``scale_examples`` images)."""
         """``crop_size``: train on random square crops of this side (a multiple of 8; the VAE is fully
         convolutional, so crops cut the cost per example while teaching the same local job)."""
         super().__init__()
         self.save_hyperparameters()
         self.vae = build_vae(model, seed=seed).train()
+        if init_from == "analytic":
+            self.vae = analytic_vae(model, seed, scale_examples).train()
+            logvar_init = None
+        elif init_from:
+            # Stage 2: continue from an exported VAE. With ``train_encoder=False`` only the decoder
+            # trains, so latents (and a UNet trained on them) stay valid: fine-tune the decoder in
+            # parallel with the UNet, as SD's ft-MSE decoders were.
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(init_from, use_safetensors=True).train()
+            logvar_init = None
+        if not train_encoder:
+            self.vae.encoder.requires_grad_(False)
+            self.vae.quant_conv.requires_grad_(False)
         if logvar_init is not None:
             # Start as a near-deterministic autoencoder (posterior std e^-3): with std ~1 at init the
             # decoder first sees mostly noise, which costs hundreds of steps on a CPU budget.
@@ -63,14 +80,18 @@ class VAEModule(L.LightningModule):
         self.log_dict({"val/loss": loss, "val/psnr_db": psnr}, prog_bar=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.vae.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=self.hparams.lr,
+                                weight_decay=0.0)
         total = max(1, self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.hparams.warmup_steps, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self):
         if self.hparams.export_dir and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            export_vae(self.vae, self.hparams.export_dir, self.hparams.scale_examples)
+            if self.hparams.train_encoder:
+                export_vae(self.vae, self.hparams.export_dir, self.hparams.scale_examples)
+            else:  # same encoder: keep its scaling factor
+                self.vae.save_pretrained(str(self.hparams.export_dir), safe_serialization=True)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -79,6 +100,39 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(p * torch.pi)).item())
+
+
+def analytic_vae(model: str = "tiny", seed: int = 0, scale_examples: int = 512):
+    """`build_vae` + `training.vae_init.analytic_init`, with ``scaling_factor`` = 1/std of its latents."""
+    from .vae_init import analytic_init
+
+    vae = analytic_init(build_vae(model, seed=seed)).eval()
+    vae._analytic = True
+    vae.register_to_config(scaling_factor=latent_scale(vae, scale_examples))
+    return vae
+
+
+@torch.no_grad()
+def latent_scale(vae, scale_examples: int = 512) -> float:
+    """1 / std of the posterior means of ``scale_examples`` embedded train images."""
+    from splitldm.data import render_batch
+
+    images, _, _ = render_batch(range(scale_examples))
+    if getattr(vae, "_analytic", False):  # the encoder computes exactly this (to 1e-3), much faster
+        means = block_average_latents(images, vae.config.latent_channels)
+    else:
+        means = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.mean for i in range(0, len(images), 64)])
+    return float(1.0 / means.std())
+
+
+def block_average_latents(images: torch.Tensor, latent_channels: int = 4, factor: int = 8) -> torch.Tensor:
+    """What the analytic encoder outputs (unscaled means): 8x8 block RGB means in [-1, 1], other channels 0.
+
+    images (B, 3, H, W) in [0, 1] -> (B, latent_channels, H/8, W/8).
+    """
+    rgb = torch.nn.functional.avg_pool2d(images * 2 - 1, factor)
+    pad = rgb.new_zeros(rgb.shape[0], latent_channels - 3, *rgb.shape[2:])
+    return torch.cat([rgb, pad], 1)
 
 
 @torch.no_grad()

@@ -1,0 +1,103 @@
+"""Quality and wall time versus number of sampling steps: teacher (DDIM) and LCM student.
+
+For each configuration, generates one image per held-out prompt (``splitldm.data.prompts_for``,
+split ``test``) and reports prompt adherence (attribute classifier), classifier-FID against
+held-out real images (never Inception FID), and wall time per image. The last line printed is
+one JSON object with all numbers.
+
+    python bench/steps.py            # full: 256 prompts
+    python bench/steps.py --quick    # 16 prompts (a smoke run, under a minute on a free core)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from splitldm.data import prompts_for, render_batch  # noqa: E402
+from splitldm.metrics import ClassifierFeatures, frechet_distance, load_classifier, prompt_adherence  # noqa: E402
+from splitldm.models import load_pipeline  # noqa: E402
+
+
+@torch.no_grad()
+def generate(pipe, prompts, steps: int, guidance: float, seed: int, batch_size: int = 64) -> tuple[torch.Tensor, float]:
+    """Images (N, 3, 64, 64) in [0, 1] for ``prompts`` and the wall seconds it took."""
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        g = torch.Generator().manual_seed(seed + i)
+        res = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance,
+                   generator=g, output_type="pt")
+        out.append(res.images.float().clamp(0, 1))
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="16 prompts, fewer step counts")
+    ap.add_argument("--num", type=int, default=None, help="prompts per configuration (default 256; quick 16)")
+    ap.add_argument("--num-real", type=int, default=None, help="held-out real images for FID (default 1024; quick 64)")
+    ap.add_argument("--teacher", default="tiny")
+    ap.add_argument("--student", default="tiny-lcm")
+    ap.add_argument("--guidance", type=float, default=4.0, help="teacher classifier-free guidance scale")
+    ap.add_argument("--student-guidance", type=float, default=4.0, help="student guidance (embedded, w = g - 1)")
+    ap.add_argument("--teacher-steps", default="1,2,4,8,25")
+    ap.add_argument("--student-steps", default="1,2,4,8")
+    ap.add_argument("--holdout-combos", action="store_true", help="prompts from attribute combinations held out of training")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    num = args.num or (16 if args.quick else 256)
+    num_real = args.num_real or (64 if args.quick else 1024)
+    if num < 2:
+        raise SystemExit("--num: need at least 2 prompts (FID needs a covariance)")
+    t_steps = [int(s) for s in args.teacher_steps.split(",")]
+    s_steps = [int(s) for s in args.student_steps.split(",")]
+    if args.quick:
+        t_steps, s_steps = [s for s in t_steps if s in (1, 4, 25)] or t_steps, [s for s in s_steps if s in (1, 4)] or s_steps
+
+    clf = load_classifier()
+    feats = ClassifierFeatures(clf)
+    real, _, _ = render_batch(range(num_real), "test", seed=args.seed + 1)  # real held-out images, other seeds than the prompts
+    real_f = feats(real)
+    prompts = prompts_for(num, "test", seed=args.seed, holdout_combos=args.holdout_combos)
+
+    rows = []
+    for label, name, steps_list, guidance in (("teacher-ddim", args.teacher, t_steps, args.guidance),
+                                              ("student-lcm", args.student, s_steps, args.student_guidance)):
+        try:
+            pipe = load_pipeline(name)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"skip {label}: {exc}", file=sys.stderr)
+            continue
+        for steps in steps_list:
+            imgs, wall = generate(pipe, prompts, steps, guidance, args.seed)
+            adh, per = prompt_adherence(imgs, prompts, clf, per_attribute=True)
+            row = {"model": label, "checkpoint": name, "steps": steps, "guidance": guidance,
+                   "adherence": round(adh, 4), "per_attribute": {k: round(v, 4) for k, v in per.items()},
+                   "classifier_fid": round(frechet_distance(real_f, feats(imgs)), 4),
+                   "wall_s_per_image": round(wall / len(prompts), 5)}
+            rows.append(row)
+            print(f"{label:13s} steps={steps:3d}  adherence={adh:6.1%}  classifier-FID={row['classifier_fid']:8.3f}  "
+                  f"{1e3 * row['wall_s_per_image']:7.1f} ms/image", flush=True)
+    # real-vs-real floor: the FID two independent real sets reach with this many images
+    real2, _, _ = render_batch(range(num), "test", seed=args.seed + 2)
+    floor = frechet_distance(real_f, feats(real2))
+    result = {"bench": "steps", "quick": args.quick, "num_prompts": num, "num_real": num_real,
+              "holdout_combos": args.holdout_combos, "fid_extractor": feats.name,
+              "real_vs_real_classifier_fid": round(floor, 4),
+              "real_adherence": round(prompt_adherence(real2, [c for c in render_batch(range(num), "test", seed=args.seed + 2)[1]], clf), 4),
+              "threads": args.threads, "rows": rows}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

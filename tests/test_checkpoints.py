@@ -1,0 +1,98 @@
+"""The shipped checkpoints load offline, generate, and bad checkpoints / prompts fail clearly."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from splitldm.metrics import load_classifier, prompt_adherence
+from splitldm.models import checkpoints_dir, load_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pipeline("tiny")
+
+
+def test_shipped_teacher_generates_right_shape(tiny):
+    assert type(tiny.scheduler).__name__ == "DDIMScheduler"
+    assert tiny.unet.dtype == torch.float32  # fp16 on disk, fp32 after loading
+    out = tiny(["a large red circle at the center on a black background"], num_inference_steps=2,
+               guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+
+
+def test_shipped_student_generates_in_one_step():
+    lcm = load_pipeline("tiny-lcm")
+    assert type(lcm.scheduler).__name__ == "LCMScheduler"
+    assert lcm.unet.config.time_cond_proj_dim is not None
+    out = lcm(["a small blue square at the top left on a white background"] * 2, num_inference_steps=1,
+              guidance_scale=4.0, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (2, 3, 64, 64) and torch.isfinite(out).all()
+
+
+def test_shipped_classifier_loads():
+    clf = load_classifier()
+    assert clf.config["feature_dim"] == 128
+
+
+def test_shipped_folders_are_safetensors_only_and_small():
+    total = 0
+    for name in ("tiny", "tiny-lcm", "classifier"):
+        folder = checkpoints_dir() / name
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        assert (folder / "README.md").exists()
+        total += sum(p.stat().st_size for p in files)
+    assert total < 20 * 2 ** 20
+
+
+def test_unknown_name_and_broken_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="name_or_path"):
+        load_pipeline("no-such-checkpoint")
+    src = checkpoints_dir() / "tiny"
+    missing = tmp_path / "missing"
+    shutil.copytree(src, missing)
+    (missing / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors"):
+        load_pipeline(missing)
+    no_config = tmp_path / "no_config"
+    shutil.copytree(src, no_config)
+    (no_config / "unet" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="unet/config.json"):
+        load_pipeline(no_config)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(src, corrupt)
+    (corrupt / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x80\x04 not safetensors, maybe a pickle")
+    with pytest.raises(ValueError, match="could not load"):
+        load_pipeline(corrupt)
+
+
+def test_out_of_vocabulary_prompts_use_word_pieces_and_unknown_token(tiny):
+    tok = tiny.tokenizer
+    assert tok.tokenize("red zebra") == ["red</w>", "z", "e", "b", "r", "a</w>"]  # unknown word -> pieces
+    ids = tok("red ü").input_ids  # character outside the alphabet -> the unknown token, as in CLIP
+    assert ids[-2] == tok.unk_token_id
+    long = " ".join(["red"] * 40)  # longer than the 16-token context: truncated like CLIP's 77
+    assert len(tok(long, truncation=True, max_length=tok.model_max_length).input_ids) == 16
+    out = tiny(["a purple zebra, ü!"], num_inference_steps=1, guidance_scale=1.0,
+               generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_empty_prompt_lists_raise_value_error(tiny):
+    from splitldm.sampling import make_settings
+
+    with pytest.raises(ValueError, match="prompt"):
+        make_settings(tiny, [])
+    with pytest.raises(ValueError, match="prompts"):
+        prompt_adherence(torch.zeros(0, 3, 64, 64), [], load_classifier())
+
+
+def test_readmes_record_command_and_figures():
+    for name in ("tiny", "tiny-lcm", "classifier"):
+        text = (checkpoints_dir() / name / "README.md").read_text()
+        assert "python -m training." in text
+    cfg = json.loads((checkpoints_dir() / "tiny" / "unet" / "config.json").read_text())
+    assert cfg["in_channels"] == 4 and cfg["cross_attention_dim"] == 64
