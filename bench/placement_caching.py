@@ -28,6 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=None, help="held-out evaluation episodes per user count")
     ap.add_argument("--out", default="runs/bench_placement_caching", help="folder for the PNG plots")
     ap.add_argument("--only", choices=["placement", "caching"], default=None)
+    ap.add_argument("--d3ql-steps", type=int, default=None, help="override the D3QL training steps")
+    ap.add_argument("--d3ql-gamma", type=float, default=None, help="override the D3QL discount")
+    ap.add_argument("--d3pg-steps", type=int, default=None, help="override the D3PG training slots")
+    ap.add_argument("--caching-steps", type=int, default=None, help="override the DDQN training frames")
     args = ap.parse_args(argv)
 
     t_start = time.time()
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     q = args.quick
     held = 100_000
     log = (lambda s: None) if q else (lambda s: print(s, flush=True))
-    out: dict = {"quick": q}
+    out: dict = {"quick": q, "argv": sys.argv[1:] if argv is None else list(argv)}
     os.makedirs(args.out, exist_ok=True)
 
     if args.only in (None, "placement"):
@@ -61,8 +65,8 @@ def main(argv=None) -> int:
         env = ChainPlacement(num_users=users, max_chain=2)
         out["quality_source"] = env.quality_source
         t, c = time.time(), time.process_time()
-        agent = D3QL.train_on(env, D3QLConfig(total_steps=2_000 if q else 30_000, learning_starts=300 if q else 1_000,
-                                              seed=args.seed), log=log)
+        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (2_000 if q else 30_000), learning_starts=300 if q else 1_000,
+                                              seed=args.seed, **({} if args.d3ql_gamma is None else {"gamma": args.d3ql_gamma})), log=log)
         out["d3ql_train_s"] = round(time.time() - t, 1)
         out["d3ql_train_cpu_s"] = round(time.process_time() - c, 1)
         plot_history(agent.history, os.path.join(args.out, "d3ql_curve.png"), "D3QL on ChainPlacement", x_key="episode")
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
         episodes = args.episodes or (2 if q else 5)
         cenv = ModelCaching(num_users=users, frames_per_episode=5 if q else 20)
         t, c = time.time(), time.process_time()
-        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=1_500 if q else 20_000, caching_steps=150 if q else 3_000,
+        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (1_500 if q else 20_000),
+                                              caching_steps=args.caching_steps or (150 if q else 3_000),
                                               seed=args.seed, d3pg={"learning_starts": 300} if q else None,
                                               ddqn={"learning_starts": 50} if q else None), log=log)
         out["t2drl_train_s"] = round(time.time() - t, 1)

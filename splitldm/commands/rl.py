@@ -1,6 +1,7 @@
 """``splitldm rl train --config configs/rl/<x>.yaml`` and ``splitldm rl eval --policy <dir>``:
-train a MEG controller (CVPO, PPO-Lagrangian, PPO) and measure it against the oracles and baselines
-on held-out channel draws. Training writes policy.safetensors, policy.json, curve.png, eval.json."""
+train a MEG controller (CVPO, PPO-Lagrangian, PPO), a placement agent (D3QL, configs/rl/d3ql.yaml) or
+the caching + allocation pair (T2DRL = DDQN + D3PG, configs/rl/caching.yaml) and measure it against
+the oracles and baselines on held-out draws. Training writes policy.safetensors, policy.json, curve.png, eval.json."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 
 def register(subparsers) -> None:
     """Add the ``rl`` subcommand (``train`` / ``eval``) to an argparse ``subparsers`` object."""
-    p = subparsers.add_parser("rl", help="train / evaluate MEG controllers (CVPO, PPO-Lagrangian, PPO)",
+    p = subparsers.add_parser("rl", help="train / evaluate MEG controllers (CVPO, PPO-Lagrangian, PPO, D3QL, T2DRL)",
                               description=__doc__)
     sub = p.add_subparsers(dest="rl_command", required=True)
     t = sub.add_parser("train", help="train a controller from a run config")
