@@ -109,6 +109,9 @@ def test_diffusion_actor_on_simplex():
     out = actor(torch.randn(64, 6, generator=g) * 5, g)
     assert out.shape == (64, 6) and torch.all(out >= 0)
     assert torch.allclose(out[:, :3].sum(-1), torch.ones(64)) and torch.allclose(out[:, 3:].sum(-1), torch.ones(64))
+    active = torch.tensor([[True, False, True]] * 64)
+    masked = actor(torch.randn(64, 6, generator=g), g, active=active)
+    assert torch.all(masked[:, [1, 4]] < 1e-6) and torch.allclose(masked[:, :3].sum(-1), torch.ones(64))
     with pytest.raises(ValueError, match="steps"):
         DiffusionActor(6, 3, steps=0)
 

@@ -47,6 +47,8 @@ class D3PGConfig:
     beta_min: float = 0.1
     beta_max: float = 0.9
     clip: float = 3.0                # |logit| bound of the predicted x_0 at every reverse step
+    active_stride: int = 0           # > 0: obs holds U blocks of this many features, the last one the
+                                     # user's "active" flag; inactive users get no share (0 = off)
     lr_actor: float = 3e-4
     lr_critic: float = 1e-3
     gamma: float = 0.0               # see the module docstring
@@ -110,13 +112,17 @@ class DiffusionActor(torch.nn.Module):
         return x
 
     @staticmethod
-    def shares(logits: torch.Tensor, n_users: int) -> torch.Tensor:
-        """(B, 2U) logits -> (B, 2U): softmax over users for compute, then for bandwidth."""
+    def shares(logits: torch.Tensor, n_users: int, active: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2U) logits -> (B, 2U): softmax over users for compute, then for bandwidth;
+        ``active`` (B, U) bool: only active users share (rows with none active fall back to all)."""
+        if active is not None:
+            active = active | ~active.any(-1, keepdim=True)
+            logits = logits.masked_fill(~active.repeat(1, 2), -1e9)
         return torch.cat([F.softmax(logits[:, :n_users], -1), F.softmax(logits[:, n_users:], -1)], -1)
 
     def forward(self, obs: torch.Tensor, generator: torch.Generator | None = None,
-                stochastic: bool = True) -> torch.Tensor:
-        return self.shares(self.logits(obs, generator, stochastic), self.U)
+                stochastic: bool = True, active: torch.Tensor | None = None) -> torch.Tensor:
+        return self.shares(self.logits(obs, generator, stochastic), self.U, active)
 
 
 class D3PG:
@@ -153,7 +159,15 @@ class D3PG:
         logits = self.actor.logits(x, self.gen)  # the reverse chain is sampled, as in training
         if explore and self.cfg.expl_noise > 0:
             logits = logits + self.cfg.expl_noise * torch.randn(logits.shape, generator=self.gen)
-        return DiffusionActor.shares(logits, self.U)[0].numpy().astype(np.float32)
+        return DiffusionActor.shares(logits, self.U, self._active(x))[0].numpy().astype(np.float32)
+
+    def _active(self, obs: torch.Tensor) -> torch.Tensor | None:
+        k = self.cfg.active_stride
+        if k <= 0:
+            return None
+        if k * self.U != self.obs_dim:
+            raise ValueError(f"active_stride: {k} x {self.U} users != obs_dim {self.obs_dim}")
+        return obs.view(obs.shape[0], self.U, k)[:, :, -1] > 0.5
 
     def policy(self):
         """``policy(obs, env) -> action`` for the evaluation loops / `ModelCaching(allocator=...)`."""
@@ -168,7 +182,7 @@ class D3PG:
         with torch.no_grad():
             y = b["rew"]
             if c.gamma > 0:
-                a2 = self.actor_targ(b["obs2"], self.gen)
+                a2 = self.actor_targ(b["obs2"], self.gen, active=self._active(b["obs2"]))
                 y = y + c.gamma * (1 - b["done"]) * torch.min(self._q(self.q1_targ, b["obs2"], a2),
                                                               self._q(self.q2_targ, b["obs2"], a2))
         loss = F.mse_loss(self._q(self.q1, b["obs"], b["act"]), y) + F.mse_loss(self._q(self.q2, b["obs"], b["act"]), y)
@@ -178,7 +192,7 @@ class D3PG:
         self.opt_critic.step()
         self.updates += 1
         if self.updates % c.policy_delay == 0:
-            q_pi = self._q(self.q1, b["obs"], self.actor(b["obs"], self.gen))
+            q_pi = self._q(self.q1, b["obs"], self.actor(b["obs"], self.gen, active=self._active(b["obs"])))
             a_loss = -q_pi.mean()
             self.opt_actor.zero_grad()
             a_loss.backward()

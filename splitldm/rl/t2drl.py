@@ -73,7 +73,9 @@ class T2DRL:
 
         t0 = time.time()
         slot_env = ResourceAllocation(cacher=mixed_cacher, **kwargs)
-        d3pg = D3PG.train_on(slot_env, D3PGConfig(**{"total_steps": cfg.total_steps, "seed": cfg.seed, **(cfg.d3pg or {})}),
+        # the slot observation is 6 features per user slot, the last one "active"
+        d3pg = D3PG.train_on(slot_env, D3PGConfig(**{"total_steps": cfg.total_steps, "seed": cfg.seed, "active_stride": 6,
+                                                     **(cfg.d3pg or {})}),
                              log=log)
         if log:
             log(f"t2drl: D3PG trained in {time.time() - t0:.0f} s")
