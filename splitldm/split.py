@@ -117,6 +117,20 @@ def _payload_generator(meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
     return generators_from_states(states, info["devices"], info["list"])
 
 
+def _received_conditioning(pipe, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                           settings: GenerationSettings, latents: torch.Tensor) -> torch.Tensor:
+    """Check the received latents and return the text embeddings the device conditions on."""
+    if not torch.isfinite(latents).all():
+        raise PayloadError("payload: latents contain NaN or inf")
+    if meta["condition"] == "prompt":
+        return encode_prompts(pipe, settings)
+    prompt_embeds = tensors["prompt_embeds"].to(execution_device(pipe))
+    rows = settings.batch_size * (2 if uses_cfg(pipe, settings.guidance_scale) else 1)
+    if prompt_embeds.shape[0] != rows:
+        raise PayloadError(f"payload: prompt_embeds batch {prompt_embeds.shape[0]} != {rows}")
+    return prompt_embeds
+
+
 @dataclass
 class SplitOutput:
     """Result of a full split generation.
@@ -296,15 +310,7 @@ class SplitPipeline:
         if tuple(latents.shape) != expected:
             raise PayloadError(f"payload: latents of shape {tuple(latents.shape)} do not match the settings "
                                f"(batch {settings.batch_size}: expected {expected})")
-        if not torch.isfinite(latents).all():
-            raise PayloadError("payload: latents contain NaN or inf")
-        if meta["condition"] == "prompt":
-            prompt_embeds = encode_prompts(pipe, settings)
-        else:
-            prompt_embeds = tensors["prompt_embeds"].to(device)
-            rows = settings.batch_size * (2 if uses_cfg(pipe, settings.guidance_scale) else 1)
-            if prompt_embeds.shape[0] != rows:
-                raise PayloadError(f"payload: prompt_embeds batch {prompt_embeds.shape[0]} != {rows}")
+        prompt_embeds = _received_conditioning(pipe, meta, tensors, settings, latents)
         scheduler = restore_scheduler(pipe, settings.num_inference_steps,
                                       unpack_value(meta["scheduler_state"], tensors, device))
         generator = _payload_generator(meta, tensors)
@@ -333,12 +339,7 @@ class SplitPipeline:
         settings = GenerationSettings(**meta["settings"])
         device, dtype = execution_device(pipe), pipe.unet.dtype
         latents = tensors["latents"]
-        if not torch.isfinite(latents).all():
-            raise PayloadError("payload: latents contain NaN or inf")
-        if meta["condition"] == "prompt":
-            prompt_embeds = encode_prompts(pipe, settings)
-        else:
-            prompt_embeds = tensors["prompt_embeds"].to(device)
+        prompt_embeds = _received_conditioning(pipe, meta, tensors, settings, latents)
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         done = meta["next_timestep"] < 0
         if not done:
