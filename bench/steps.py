@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     num_real = args.num_real or (64 if args.quick else 1024)
     if num < 2:
         raise SystemExit("--num: need at least 2 prompts (FID needs a covariance)")
-    t_steps = [int(s) for s in args.teacher_steps.split(",")]
-    s_steps = [int(s) for s in args.student_steps.split(",")]
+    t_steps = [int(s) for s in args.teacher_steps.split(",") if s]
+    s_steps = [int(s) for s in args.student_steps.split(",") if s]
     if args.quick:
         t_steps, s_steps = [s for s in t_steps if s in (1, 4, 25)] or t_steps, [s for s in s_steps if s in (1, 4)] or s_steps
 
@@ -88,12 +88,12 @@ def main(argv=None) -> int:
             print(f"{label:13s} steps={steps:3d}  adherence={adh:6.1%}  classifier-FID={row['classifier_fid']:8.3f}  "
                   f"{1e3 * row['wall_s_per_image']:7.1f} ms/image", flush=True)
     # real-vs-real floor: the FID two independent real sets reach with this many images
-    real2, _, _ = render_batch(range(num), "test", seed=args.seed + 2)
+    real2, real2_caps, _ = render_batch(range(num), "test", seed=args.seed + 2)
     floor = frechet_distance(real_f, feats(real2))
     result = {"bench": "steps", "quick": args.quick, "num_prompts": num, "num_real": num_real,
               "holdout_combos": args.holdout_combos, "fid_extractor": feats.name,
               "real_vs_real_classifier_fid": round(floor, 4),
-              "real_adherence": round(prompt_adherence(real2, [c for c in render_batch(range(num), "test", seed=args.seed + 2)[1]], clf), 4),
+              "real_adherence": round(prompt_adherence(real2, real2_caps, clf), 4),
               "threads": args.threads, "rows": rows}
     print(json.dumps(result))
     return 0

@@ -51,8 +51,10 @@ class LCMDistillModule(L.LightningModule):
     def __init__(self, teacher_path: str = "checkpoints/tiny", time_cond_proj_dim: int = 64, lr: float = 2e-4,
                  w_min: float = 1.0, w_max: float = 5.0, num_ddim_timesteps: int = 50, ema_decay: float = 0.95,
                  huber_c: float = 0.001, warmup_steps: int = 50, cache_size: int = 20000,
-                 export_dir: str | None = None, teacher_pipeline=None):
-        """``teacher_path``: diffusers folder from recipe (b) (or pass ``teacher_pipeline`` in Python)."""
+                 export_dir: str | None = None, analytic_vae: bool = False, teacher_pipeline=None):
+        """``teacher_path``: diffusers folder from recipe (b) (or pass ``teacher_pipeline`` in Python).
+        ``analytic_vae``: the teacher's VAE is `training.vae_init`'s block-average codec, so latents
+        are computed as block averages instead of running the encoder (same values to 1e-3)."""
         super().__init__()
         self.save_hyperparameters(ignore=["teacher_pipeline"])
         pipe = teacher_pipeline or StableDiffusionPipeline.from_pretrained(
@@ -60,6 +62,7 @@ class LCMDistillModule(L.LightningModule):
             requires_safety_checker=False, local_files_only=True)
         self.tokenizer = pipe.tokenizer
         self.vae = pipe.vae.float().eval().requires_grad_(False)
+        self.vae._analytic = analytic_vae
         self.text_encoder = pipe.text_encoder.float().eval().requires_grad_(False)
         self.teacher = pipe.unet.float().eval().requires_grad_(False)
         self.teacher_scheduler_config = dict(pipe.scheduler.config)
