@@ -51,6 +51,13 @@ CONDITIONS = ("prompt", "embeddings")
 GENERATOR_STATES = ("full", "seed", "none")
 
 
+def _config_digest(h, config) -> None:
+    """Hash a model config, leaving out bookkeeping (``_name_or_path``, library versions, ...)."""
+    items = dict(config) if not hasattr(config, "to_dict") else config.to_dict()
+    kept = {k: v for k, v in items.items() if not k.startswith("_") and not k.endswith("_version")}
+    h.update(json.dumps(kept, sort_keys=True, default=str).encode())
+
+
 def _tensor_digest(h, t: torch.Tensor | None) -> None:
     if t is not None and t.device.type != "meta":
         h.update(str(t.dtype).encode())
@@ -60,8 +67,8 @@ def _tensor_digest(h, t: torch.Tensor | None) -> None:
 def latent_space_fingerprint(pipe: StableDiffusionPipeline) -> str:
     """A short hash of what two pipelines must share to hand latents over: VAE and text encoder."""
     h = hashlib.sha256()
-    h.update(json.dumps(dict(pipe.vae.config), sort_keys=True, default=str).encode())
-    h.update(json.dumps(pipe.text_encoder.config.to_dict(), sort_keys=True, default=str).encode())
+    _config_digest(h, pipe.vae.config)
+    _config_digest(h, pipe.text_encoder.config)
     for t in (getattr(pipe.vae.post_quant_conv, "weight", None), pipe.vae.decoder.conv_in.weight,
               pipe.text_encoder.get_input_embeddings().weight[:16]):
         _tensor_digest(h, t)
@@ -91,9 +98,8 @@ def model_fingerprint(pipe: StableDiffusionPipeline) -> str:
     with the same fingerprint produce the same latents for the same inputs.
     """
     h = hashlib.sha256()
-    for module in (pipe.unet, pipe.vae):
-        h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
-    h.update(json.dumps(pipe.text_encoder.config.to_dict(), sort_keys=True, default=str).encode())
+    for config in (pipe.unet.config, pipe.vae.config, pipe.text_encoder.config):
+        _config_digest(h, config)
     unet = pipe.unet
     for t in (unet.conv_in.weight, unet.conv_in.bias, unet.conv_out.weight, unet.conv_out.bias,
               unet.time_embedding.linear_1.bias, getattr(pipe.vae.post_quant_conv, "weight", None),

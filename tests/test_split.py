@@ -208,3 +208,16 @@ def test_handoff_to_a_student_model(micro_pipe):
         SplitPipeline(micro_pipe, device_pipe=with_scheduler(student, "ddim"), device_steps=2)
     with pytest.raises(ValueError, match="split_stage"):
         SplitPipeline(micro_pipe, split_stage=2, device_pipe=student, device_steps=2)
+
+
+def test_same_model_loaded_from_two_folders_is_accepted(tmp_path, micro_pipe):
+    """ES and UE load the same weights from different paths: the fingerprint ignores the path."""
+    from splitldm import load_pipeline
+
+    micro_pipe.save_pretrained(tmp_path / "es", safe_serialization=True)
+    micro_pipe.save_pretrained(tmp_path / "ue", safe_serialization=True)
+    es, ue = load_pipeline(tmp_path / "es"), load_pipeline(tmp_path / "ue")
+    ref = es("a red circle", num_inference_steps=STEPS, generator=_gen(), output_type="np").images
+    out = SplitPipeline(es, split_step=2, device_pipe=ue)("a red circle", num_inference_steps=STEPS,
+                                                          generator=_gen(), output_type="np")
+    np.testing.assert_array_equal(out.images, ref)
