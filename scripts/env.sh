@@ -18,7 +18,8 @@ if [ "$(cat "$VENV/.deps-key" 2>/dev/null || true)" != "$KEY" ]; then
   echo "$KEY" > "$VENV/.deps-key"
 fi
 # The editable install must point at this checkout (a cached environment may come from another clone).
-if ! "$VENV/bin/python" - "$ROOT" <<'PY' 2>/dev/null
+# Checked from / so that the import goes through the installed package, not a ./splitldm in the cwd.
+if ! (cd / && "$VENV/bin/python" - "$ROOT") <<'PY' 2>/dev/null
 import sys, pathlib, splitldm
 sys.exit(0 if pathlib.Path(splitldm.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve()) else 1)
 PY
