@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from .caching import ModelCaching, evaluate_caching, lfu_cache
 from .placement import ChainPlacement
+from .plotting import save_figure
 from .placement_baselines import evaluate_placement, fixed_chain, greedy_placement, monolithic
 
 __all__ = ["evaluate_episodic", "reward_vs_users", "plot_vs_users"]
@@ -77,9 +77,4 @@ def plot_vs_users(curves: Mapping[str, Sequence[float]], users: Sequence[int], p
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

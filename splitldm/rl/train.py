@@ -28,6 +28,7 @@ from .baselines import (
 from .cvpo import CVPO, CVPOConfig
 from .d3ql import D3QL, D3QLConfig
 from .ppo import PPO, PPOConfig
+from .plotting import save_figure
 from .ppo_lagrangian import PPOLagConfig, PPOLagrangian
 from .t2drl import T2DRL, T2DRLConfig
 
@@ -168,9 +169,4 @@ def plot_history(history: Mapping[str, list], path: str | Path, title: str = "",
         ax.set_ylabel(k.replace("_", " "))
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
