@@ -65,7 +65,9 @@ def main(argv=None) -> int:
         env = ChainPlacement(num_users=users, max_chain=2)
         out["quality_source"] = env.quality_source
         t, c = time.time(), time.process_time()
-        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (2_000 if q else 30_000), learning_starts=300 if q else 1_000,
+        # per-action head over the env's one-step lookahead features (configs/rl/d3ql.yaml does the same)
+        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (1_500 if q else 10_000),
+                                              learning_starts=300 if q else 1_000, per_action_features=True,
                                               seed=args.seed, **({} if args.d3ql_gamma is None else {"gamma": args.d3ql_gamma})), log=log)
         out["d3ql_train_s"] = round(time.time() - t, 1)
         out["d3ql_train_cpu_s"] = round(time.process_time() - c, 1)
@@ -99,8 +101,8 @@ def main(argv=None) -> int:
         episodes = args.episodes or (2 if q else 5)
         cenv = ModelCaching(num_users=users, frames_per_episode=5 if q else 20)
         t, c = time.time(), time.process_time()
-        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (1_500 if q else 20_000),
-                                              caching_steps=args.caching_steps or (150 if q else 3_000),
+        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (1_000 if q else 8_000),
+                                              caching_steps=args.caching_steps or (100 if q else 2_000),
                                               seed=args.seed, d3pg={"learning_starts": 300} if q else None,
                                               ddqn={"learning_starts": 50} if q else None), log=log)
         out["t2drl_train_s"] = round(time.time() - t, 1)

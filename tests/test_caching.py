@@ -154,6 +154,38 @@ def test_d3pg_learns_and_round_trip(tmp_path):
         agent.act(np.zeros(3))
 
 
+def test_x0_actor_starts_at_equal_shares_and_user_critic():
+    from splitldm.rl.d3pg import UserCritic
+
+    torch.manual_seed(0)
+    actor = DiffusionActor(obs_dim=12, n_users=3, steps=5, predict_x0=True)
+    g = torch.Generator().manual_seed(0)
+    out = actor(torch.randn(8, 12, generator=g), g)
+    assert torch.allclose(out, torch.full_like(out, 1 / 3), atol=1e-6)   # untrained: equal shares
+    # per-user critic: permuting the users (their obs blocks and shares together) leaves Q unchanged,
+    # inactive users do not count
+    crit = UserCritic(stride=4, n_users=3, hidden=16)
+    obs = torch.rand(5, 3, 4)
+    obs[:, :, -1] = 1.0
+    act = torch.rand(5, 2, 3)
+    perm = [2, 0, 1]
+    q = crit(torch.cat([obs.reshape(5, -1), act.reshape(5, -1)], -1))
+    qp = crit(torch.cat([obs[:, perm].reshape(5, -1), act[:, :, perm].reshape(5, -1)], -1))
+    assert q.shape == (5, 1) and torch.allclose(q, qp, atol=1e-5)
+    obs[:, 2] = 0.0
+    act2 = act.clone()
+    act2[:, :, 2] = 0.7                                                  # an inactive user's share: ignored
+    a = crit(torch.cat([obs.reshape(5, -1), act.reshape(5, -1)], -1))
+    b = crit(torch.cat([obs.reshape(5, -1), act2.reshape(5, -1)], -1))
+    assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="critic"):
+        D3PG(12, 6, D3PGConfig(critic="users"))                          # needs active_stride
+    with pytest.raises(ValueError, match="critic"):
+        D3PG(12, 6, D3PGConfig(critic="nope"))
+    agent = D3PG(12, 6, D3PGConfig(critic="users", active_stride=4, hidden=16))
+    assert isinstance(agent.q1, UserCritic)
+
+
 def test_ddqn_and_t2drl_round_trip(catalog, tmp_path):
     torch.set_num_threads(1)
     env = make(catalog, num_users=[2, 3])

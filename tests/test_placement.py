@@ -145,6 +145,79 @@ def test_d3ql_learns_and_invariants(tmp_path):
         agent.act(obs, np.zeros(env.action_space.n))
 
 
+def test_d3ql_per_action_head_and_n_step():
+    torch.set_num_threads(1)
+    from splitldm.rl.d3ql import QNet
+
+    env = make(flops_per_s=(30e12, 10e12), memory_gb=(16.0, 16.0), num_users=[2, 4], num_channels=2)
+    A, D = int(env.action_space.n), int(env.observation_space.shape[0])
+    net = QNet(D, A, hidden=32, per_action=True, embed=4)
+    obs = torch.rand(5, D)
+    assert net(obs).shape == (5, A)
+    # one head shared by all actions: same embedding and same feature -> same Q; the feature matters
+    with torch.no_grad():
+        net.embed[4] = net.embed[3]
+    obs[:, -A + 4] = obs[:, -A + 3]
+    q = net(obs).detach()
+    assert torch.allclose(q[:, 3], q[:, 4], atol=1e-6)
+    obs[:, -A + 4] += 2.0
+    assert not torch.allclose(net(obs).detach()[:, 4] - net(obs).detach()[:, 3], torch.zeros(5), atol=1e-4)
+    with pytest.raises(ValueError, match="per_action_features"):
+        QNet(A, A, per_action=True)
+    cfg = D3QLConfig(total_steps=600, learning_starts=100, target_every=50, batch_size=32, seed=0,
+                     per_action_features=True, n_step=2, lr_end=1e-4)
+    agent = D3QL.train_on(env, cfg)
+    assert agent.opt.param_groups[0]["lr"] == pytest.approx(1e-4, rel=0.01)
+    got = evaluate_placement(env, agent.policy(), 8, 500)
+    grd = evaluate_placement(env, greedy_placement, 8, 500)
+    assert got["masked_choices"] == 0 and got["reward"] > grd["reward"] - 0.1
+    with pytest.raises(ValueError, match="n_step"):
+        D3QL(D, A, D3QLConfig(n_step=0))
+
+
+def test_n_step_returns_stored():
+    """n-step targets: r_t + gamma r_(t+1) and the bootstrap discount gamma^2 (0 at the episode end)."""
+    import gymnasium as gym
+    from gymnasium import spaces
+
+    class Chain(gym.Env):  # 3 steps, reward 1, 2, 4
+        observation_space = spaces.Box(0, 10, (1,), np.float32)
+        action_space = spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return np.zeros(1, np.float32), {}
+
+        def step(self, a):
+            self.t += 1
+            return np.full(1, self.t, np.float32), float(2 ** (self.t - 1)), self.t >= 3, False, {}
+
+    cfg = D3QLConfig(total_steps=3, learning_starts=100, gamma=0.5, n_step=2, buffer_size=10, seed=0)
+    captured = {}
+    orig = D3QL.train_on.__func__
+
+    import splitldm.rl.d3ql as mod
+
+    real = mod.MaskedReplay
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            captured["buf"] = self
+
+    mod.MaskedReplay = Spy
+    try:
+        orig(D3QL, Chain(), cfg)
+    finally:
+        mod.MaskedReplay = real
+    b = captured["buf"]
+    assert b.n == 3
+    assert b.rew[:3].tolist() == pytest.approx([1 + 0.5 * 2, 2 + 0.5 * 4, 4])
+    assert b.disc[:3].tolist() == pytest.approx([0.25, 0.0, 0.0])   # t=0 bootstraps from s_2; others end
+    assert b.obs2[:3, 0].tolist() == [2, 3, 3]
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="memory_gb"):
         make(memory_gb=(1.0, 1.0, 1.0, 1.0))          # no node can hold the model

@@ -8,7 +8,11 @@ step), with a VP schedule ``beta_k`` linear in [``beta_min``, ``beta_max``]:
     x_{k-1} = beta_k sqrt(abar_{k-1}) / (1 - abar_k) x0_hat + (1 - abar_{k-1}) sqrt(alpha_k) / (1 - abar_k) x_k + sigma_k z
 
 (the DDPM posterior with the predicted ``x_0`` clipped, as in Diffusion-QL; ``z = 0`` at the last
-step, ``sigma_k^2 = beta_k (1 - abar_{k-1}) / (1 - abar_k)``). The allocation is
+step, ``sigma_k^2 = beta_k (1 - abar_{k-1}) / (1 - abar_k)``). With ``predict_x0=True`` (default)
+the network predicts ``x_0`` itself (Diffusion-QL's ``predict_epsilon=False``) and its last layer
+starts at zero, so the untrained actor outputs ``x_0 = 0``, i.e. **equal shares**, and training
+moves the allocation away from equal shares only where the critic says it pays (a residual on the
+equal allocation). With ``predict_x0=False`` it predicts the noise as above. The allocation is
 ``softmax`` of each half of ``x_0``: two points of the simplex (compute shares, bandwidth shares), so
 every action is valid by construction. As in the paper the actor is trained through the whole
 reverse chain to maximise the critic: ``loss = -Q_1(s, pi(s))``.
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 
 from .policy_io import check_obs, load_policy_files, save_policy
 
-__all__ = ["D3PG", "D3PGConfig", "DiffusionActor"]
+__all__ = ["D3PG", "D3PGConfig", "DiffusionActor", "UserCritic"]
 
 
 @dataclass
@@ -47,6 +51,8 @@ class D3PGConfig:
     beta_min: float = 0.1
     beta_max: float = 0.9
     clip: float = 3.0                # |logit| bound of the predicted x_0 at every reverse step
+    predict_x0: bool = True          # the denoiser predicts x_0 (zero-initialised: equal shares at start)
+    critic: str = "mlp"              # "mlp": Q(s, a) one MLP; "users": per-user sum (needs active_stride)
     active_stride: int = 0           # > 0: obs holds U blocks of this many features, the last one the
                                      # user's "active" flag; inactive users get no share (0 = off)
     lr_actor: float = 3e-4
@@ -62,12 +68,12 @@ class D3PGConfig:
     seed: int = 0
 
 
-def _relu_mlp(sizes: list[int]) -> torch.nn.Sequential:
+def _relu_mlp(sizes: list[int], act=torch.nn.Mish) -> torch.nn.Sequential:
     layers: list[torch.nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
-            layers.append(torch.nn.Mish())
+            layers.append(act())
     return torch.nn.Sequential(*layers)
 
 
@@ -75,7 +81,7 @@ class DiffusionActor(torch.nn.Module):
     """State-conditioned DDPM over the (2, U) allocation logits; ``forward(obs) -> (B, 2U)`` shares."""
 
     def __init__(self, obs_dim: int, n_users: int, hidden: int = 128, steps: int = 5,
-                 beta_min: float = 0.1, beta_max: float = 0.9, clip: float = 3.0):
+                 beta_min: float = 0.1, beta_max: float = 0.9, clip: float = 3.0, predict_x0: bool = False):
         super().__init__()
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
@@ -84,6 +90,10 @@ class DiffusionActor(torch.nn.Module):
         self.U, self.K = n_users, steps
         self.act_dim = 2 * n_users
         self.eps = _relu_mlp([self.act_dim + obs_dim + 1, hidden, hidden, self.act_dim])
+        self.predict_x0 = bool(predict_x0)
+        if self.predict_x0:  # x_0 = 0 (equal shares) until trained
+            torch.nn.init.zeros_(self.eps[-1].weight)
+            torch.nn.init.zeros_(self.eps[-1].bias)
         beta = torch.linspace(beta_min, beta_max, steps) if steps > 1 else torch.tensor([beta_min])
         alpha = 1 - beta
         abar = torch.cumprod(alpha, 0)
@@ -103,9 +113,10 @@ class DiffusionActor(torch.nn.Module):
         x = torch.randn(B, self.act_dim, generator=generator) if stochastic else torch.zeros(B, self.act_dim)
         for k in reversed(range(self.K)):
             t = torch.full((B, 1), (k + 1) / self.K)
-            eps = self.eps(torch.cat([x, obs, t], -1))
+            out = self.eps(torch.cat([x, obs, t], -1))
             # predicted x_0, clipped to the logit range (keeps the chain stable), then the posterior mean
-            x0 = ((x - (1 - self.abar[k]).sqrt() * eps) / self.abar[k].sqrt()).clamp(-self.clip, self.clip)
+            x0 = out if self.predict_x0 else (x - (1 - self.abar[k]).sqrt() * out) / self.abar[k].sqrt()
+            x0 = x0.clamp(-self.clip, self.clip)
             x = self.coef_x0[k] * x0 + self.coef_xt[k] * x
             if k > 0 and stochastic:
                 x = x + self.sigma[k] * torch.randn(x.shape, generator=generator)
@@ -125,6 +136,33 @@ class DiffusionActor(torch.nn.Module):
         return self.shares(self.logits(obs, generator, stochastic), self.U, active)
 
 
+class UserCritic(torch.nn.Module):
+    """Per-user critic for rewards that are a sum over users (DeepSets / value decomposition):
+    ``Q(s, a) = sum_u active_u psi(h_u, (1/U) sum_v active_v h_v)``, ``h_u = phi(s_u, c_u, b_u, n c_u, n b_u)``
+    where ``s_u`` is user ``u``'s block of ``stride`` observation features (the last one its active
+    flag), ``c_u, b_u`` its two shares and ``n`` the number of active users (so ``n c_u`` is the share
+    relative to an equal one). The same weights serve every user slot; the pooled term lets a user's
+    value depend on the others (shares are normalised across users)."""
+
+    def __init__(self, stride: int, n_users: int, hidden: int = 128):
+        super().__init__()
+        self.k, self.U = int(stride), int(n_users)
+        self.phi = _relu_mlp([self.k + 4, hidden, hidden], torch.nn.ReLU)   # ReLU: cheap on (B x U) rows
+        self.psi = _relu_mlp([2 * hidden, hidden, 1], torch.nn.ReLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, obs_dim + 2U), the observation then the action (as the MLP critic takes it) -> (B, 1)."""
+        B = x.shape[0]
+        s = x[:, : self.k * self.U].view(B, self.U, self.k)
+        a = x[:, self.k * self.U:]
+        c, b = a[:, : self.U, None], a[:, self.U:, None]
+        act = (s[:, :, -1:] > 0.5).float()
+        n = act.sum(1, keepdim=True).clamp(min=1.0)
+        h = F.relu(self.phi(torch.cat([s, c, b, n * c, n * b], -1)))            # (B, U, H)
+        pool = (act * h).sum(1, keepdim=True).expand(-1, self.U, -1) / self.U
+        return (act * self.psi(torch.cat([h, pool], -1))).sum(1)               # (B, 1)
+
+
 class D3PG:
     """Diffusion actor + twin critics; `act`, `train_on`, `save`, `load`, `history`."""
 
@@ -139,9 +177,18 @@ class D3PG:
             raise ValueError(f"gamma, tau: expected gamma in [0, 1] and tau in (0, 1], got {c.gamma}, {c.tau}")
         torch.manual_seed(c.seed)
         self.obs_dim, self.act_dim, self.U = obs_dim, act_dim, act_dim // 2
-        self.actor = DiffusionActor(obs_dim, self.U, c.hidden, c.denoise_steps, c.beta_min, c.beta_max, c.clip)
-        self.q1 = _relu_mlp([obs_dim + act_dim, c.hidden, c.hidden, 1])
-        self.q2 = _relu_mlp([obs_dim + act_dim, c.hidden, c.hidden, 1])
+        self.actor = DiffusionActor(obs_dim, self.U, c.hidden, c.denoise_steps, c.beta_min, c.beta_max, c.clip,
+                                    c.predict_x0)
+        if c.critic == "users":
+            if c.active_stride <= 0 or c.active_stride * self.U != obs_dim:
+                raise ValueError(f"critic: 'users' needs active_stride x {self.U} users == obs_dim {obs_dim}, "
+                                 f"got active_stride={c.active_stride}")
+            self.q1, self.q2 = UserCritic(c.active_stride, self.U, c.hidden), UserCritic(c.active_stride, self.U, c.hidden)
+        elif c.critic == "mlp":
+            self.q1 = _relu_mlp([obs_dim + act_dim, c.hidden, c.hidden, 1])
+            self.q2 = _relu_mlp([obs_dim + act_dim, c.hidden, c.hidden, 1])
+        else:
+            raise ValueError(f"critic: expected 'mlp' or 'users', got {c.critic!r}")
         self.actor_targ, self.q1_targ, self.q2_targ = (copy.deepcopy(m) for m in (self.actor, self.q1, self.q2))
         self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=c.lr_actor)
         self.opt_critic = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=c.lr_critic)
@@ -259,7 +306,8 @@ class D3PG:
     @classmethod
     def load(cls, directory: str | Path) -> "D3PG":
         weights, meta = load_policy_files(directory, cls.algorithm)
-        agent = cls(meta["obs_dim"], meta["act_dim"], D3PGConfig(**meta["config"]))
+        cfg = {"predict_x0": False, **meta["config"]}  # policies saved before the option predicted the noise
+        agent = cls(meta["obs_dim"], meta["act_dim"], D3PGConfig(**cfg))
         for name in ("actor", "q1", "q2"):
             getattr(agent, name).load_state_dict(weights[name])
             getattr(agent, name + "_targ").load_state_dict(weights[name])

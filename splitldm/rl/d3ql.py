@@ -9,6 +9,13 @@
   are never chosen.
 * Uniform replay buffer; epsilon decays linearly from ``eps_start`` to ``eps_end`` over
   ``eps_fraction`` of training.
+* Optional per-action head (``per_action_features=True``): when the last ``n_actions`` observation
+  entries are one feature per action (`ChainPlacement`'s one-step lookahead), the advantage is one
+  small MLP shared by all actions, ``A(s, a) = g(h(s), e_a, f_a)`` (``h``: the trunk, ``e_a``: a learned
+  embedding of action ``a``, ``f_a``: its feature), instead of a separate output unit per action. The
+  same weights then rank every action by its feature, which a flat head has to learn 49 times over.
+* Optional ``n_step`` returns: the stored target is ``r_t + ... + gamma^(n-1) r_(t+n-1) +
+  gamma^n Q(s_(t+n), a*)`` (truncated at the episode end), as in Rainbow.
 
 Train: ``agent = D3QL.train_on(ChainPlacement(num_users=[2, 5, 10, 20]), D3QLConfig())``; act:
 ``agent.act(obs, mask)``. `splitldm.rl.ddqn.DDQN` is this agent without the dueling head.
@@ -46,22 +53,46 @@ class D3QLConfig:
     grad_clip: float = 10.0
     dueling: bool = True
     double: bool = True
+    per_action_features: bool = False  # last n_actions obs entries: one feature per action (see above)
+    action_embed: int = 16           # size of the learned action embedding of the per-action head
+    n_step: int = 1                  # n-step returns (1 = plain one-step target)
+    lr_end: float | None = None      # linear learning-rate decay to this value (None: constant lr)
     seed: int = 0
 
 
 class QNet(torch.nn.Module):
-    """``Q(s, .)`` (B, A) from observations (B, obs_dim); dueling or plain head."""
+    """``Q(s, .)`` (B, A) from observations (B, obs_dim); dueling or plain head; the advantage either
+    one output unit per action or (``per_action``) one MLP shared by all actions over
+    ``[trunk(s), embedding(a), obs[-A + a]]``."""
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 128, dueling: bool = True):
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 128, dueling: bool = True,
+                 per_action: bool = False, embed: int = 16):
         super().__init__()
-        self.dueling = bool(dueling)
+        self.dueling, self.per_action, self.n_actions = bool(dueling), bool(per_action), n_actions
+        if self.per_action and obs_dim <= n_actions:
+            raise ValueError(f"per_action_features: obs_dim {obs_dim} must exceed n_actions {n_actions} "
+                             "(the last n_actions entries are the per-action features)")
         self.trunk = torch.nn.Sequential(mlp([obs_dim, hidden, hidden]), torch.nn.Tanh())
-        self.adv = torch.nn.Linear(hidden, n_actions)
+        if self.per_action:
+            # g(h, e_a, f_a) = w2 . relu(W_h h + W_a [e_a, f_a] + b) + b2, computed for all actions at once
+            half = max(8, hidden // 4)
+            self.embed = torch.nn.Parameter(0.1 * torch.randn(n_actions, embed))
+            self.adv_h = torch.nn.Linear(hidden, half)
+            self.adv_a = torch.nn.Linear(embed + 1, half, bias=False)
+            self.adv_out = torch.nn.Linear(half, 1)
+        else:
+            self.adv = torch.nn.Linear(hidden, n_actions)
         self.value = torch.nn.Linear(hidden, 1) if self.dueling else None
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         h = self.trunk(obs)
-        a = self.adv(h)
+        if self.per_action:
+            f = obs[:, -self.n_actions:, None]                                     # (B, A, 1)
+            e = self.embed.expand(obs.shape[0], -1, -1)                            # (B, A, E)
+            z = torch.relu(self.adv_h(h)[:, None, :] + self.adv_a(torch.cat([e, f], -1)))
+            a = self.adv_out(z)[..., 0]                                            # (B, A)
+        else:
+            a = self.adv(h)
         if not self.dueling:
             return a
         return self.value(h) + a - a.mean(-1, keepdim=True)
@@ -72,7 +103,10 @@ def _masked(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MaskedReplay:
-    """Uniform replay of (obs, action, reward, next obs, done, next action mask)."""
+    """Uniform replay of (obs, action, reward, next obs, done, next action mask, bootstrap discount).
+
+    ``disc`` is what multiplies the bootstrapped value: ``gamma^n (1 - done)`` for an ``n``-step
+    return (None: not stored, the learner uses ``gamma (1 - done)``)."""
 
     def __init__(self, size: int, obs_dim: int, n_actions: int):
         self.obs = np.zeros((size, obs_dim), np.float32)
@@ -81,11 +115,15 @@ class MaskedReplay:
         self.rew = np.zeros(size, np.float32)
         self.done = np.zeros(size, np.float32)
         self.mask2 = np.zeros((size, n_actions), np.int8)
+        self.disc = np.zeros(size, np.float32)
+        self.has_disc = False
         self.size, self.n, self.i = size, 0, 0
 
-    def add(self, o, a, r, o2, done, mask2) -> None:
+    def add(self, o, a, r, o2, done, mask2, disc: float | None = None) -> None:
         i = self.i
         self.obs[i], self.act[i], self.rew[i], self.obs2[i], self.done[i], self.mask2[i] = o, a, r, o2, float(done), mask2
+        if disc is not None:
+            self.disc[i], self.has_disc = disc, True
         self.i = (i + 1) % self.size
         self.n = min(self.n + 1, self.size)
 
@@ -93,7 +131,8 @@ class MaskedReplay:
         idx = rng.integers(0, self.n, size=k)
         return {"obs": torch.from_numpy(self.obs[idx]), "obs2": torch.from_numpy(self.obs2[idx]),
                 "act": torch.from_numpy(self.act[idx]), "rew": torch.from_numpy(self.rew[idx]),
-                "done": torch.from_numpy(self.done[idx]), "mask2": torch.from_numpy(self.mask2[idx])}
+                "done": torch.from_numpy(self.done[idx]), "mask2": torch.from_numpy(self.mask2[idx]),
+                **({"disc": torch.from_numpy(self.disc[idx])} if self.has_disc else {})}
 
 
 def _check_mask(mask, n: int) -> np.ndarray:
@@ -119,9 +158,12 @@ class D3QL:
             v = getattr(self.cfg, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1], got {v!r}")
+        if not isinstance(self.cfg.n_step, int) or self.cfg.n_step < 1:
+            raise ValueError(f"n_step: expected an int >= 1, got {self.cfg.n_step!r}")
         torch.manual_seed(self.cfg.seed)
         self.obs_dim, self.n_actions = obs_dim, n_actions
-        self.q = QNet(obs_dim, n_actions, self.cfg.hidden, self.cfg.dueling)
+        self.q = QNet(obs_dim, n_actions, self.cfg.hidden, self.cfg.dueling, self.cfg.per_action_features,
+                      self.cfg.action_embed)
         self.q_targ = copy.deepcopy(self.q)
         self.opt = torch.optim.Adam(self.q.parameters(), lr=self.cfg.lr)
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -157,7 +199,8 @@ class D3QL:
             q2_targ = self.q_targ(b["obs2"])
             q2_sel = self.q(b["obs2"]) if cfg.double else q2_targ
             a2 = _masked(q2_sel, b["mask2"]).argmax(-1, keepdim=True)
-            y = b["rew"] + cfg.gamma * (1.0 - b["done"]) * q2_targ.gather(1, a2)[:, 0]
+            disc = b["disc"] if "disc" in b else cfg.gamma * (1.0 - b["done"])  # gamma^n, 0 after the end
+            y = b["rew"] + disc * q2_targ.gather(1, a2)[:, 0]
         q = self.q(b["obs"]).gather(1, b["act"][:, None])[:, 0]
         loss = F.smooth_l1_loss(q, y)
         self.opt.zero_grad()
@@ -183,6 +226,17 @@ class D3QL:
         agent = cls(int(env.observation_space.shape[0]), int(env.action_space.n), cfg)
         n = agent.n_actions
         buf = MaskedReplay(cfg.buffer_size, agent.obs_dim, n)
+        pending: list[tuple] = []  # (obs, action, reward) not yet stored (n-step returns)
+
+        def store(upto: int, obs2, term: bool, mask2) -> None:
+            """Store the oldest ``upto`` pending transitions with their (<= n)-step returns to ``obs2``."""
+            for _ in range(upto):
+                ret = sum(cfg.gamma ** i * p[2] for i, p in enumerate(pending))
+                o, a0 = pending[0][0], pending[0][1]
+                disc = cfg.gamma ** len(pending) * (1.0 - float(term))
+                buf.add(o, a0, ret, obs2, term, mask2, disc if cfg.n_step > 1 else None)
+                pending.pop(0)
+
         obs, info = env.reset(seed=cfg.seed)
         mask = np.asarray(info.get("action_mask", np.ones(n, np.int8)))
         ep_r, ep_len, episode, losses, t0 = 0.0, 0, 0, [], time.time()
@@ -191,7 +245,11 @@ class D3QL:
             a = agent.act(obs, mask, epsilon=eps)
             obs2, r, term, trunc, info = env.step(a)
             mask2 = np.asarray(info.get("action_mask", np.ones(n, np.int8)))
-            buf.add(obs, a, r, obs2, term, mask2)
+            pending.append((obs, a, r))
+            if term or trunc:
+                store(len(pending), obs2, term, mask2)
+            elif len(pending) >= cfg.n_step:
+                store(1, obs2, False, mask2)
             ep_r, ep_len = ep_r + r, ep_len + 1
             obs, mask = obs2, mask2
             if term or trunc:
@@ -209,7 +267,11 @@ class D3QL:
                 ep_r, ep_len, losses = 0.0, 0, []
                 obs, info = env.reset(seed=cfg.seed + episode)
                 mask = np.asarray(info.get("action_mask", np.ones(n, np.int8)))
-            if step + 1 >= cfg.learning_starts and (step + 1) % cfg.train_every == 0:
+            if step + 1 >= cfg.learning_starts and (step + 1) % cfg.train_every == 0 and buf.n > 0:
+                if cfg.lr_end is not None:
+                    frac = (step + 1 - cfg.learning_starts) / max(1, cfg.total_steps - cfg.learning_starts)
+                    for g in agent.opt.param_groups:
+                        g["lr"] = cfg.lr + frac * (cfg.lr_end - cfg.lr)
                 losses.append(agent.update(buf.sample(cfg.batch_size, agent.rng)))
             if (step + 1) % cfg.target_every == 0:
                 agent.sync_target()

@@ -147,6 +147,7 @@ class ChainPlacement(gym.Env):
         if np.any(~np.isfinite(m)) or np.any(m <= 0):
             raise ValueError(f"memory_gb: capacities must be finite and > 0, got {memory_gb!r}")
         self.flops_per_s, self.memory_gb, self.N = f, m, len(f)
+        self._blocks: dict[tuple, tuple[int, ...]] = {}
         self.flops = model if isinstance(model, ModelFlops) else model_flops(model)
         if model_memory_gb is None:
             from .caching import model_memory_gb as _mem
@@ -260,12 +261,16 @@ class ChainPlacement(gym.Env):
 
     def split_blocks(self, chain: Sequence[int], steps: int) -> list[int]:
         """Steps per node of ``chain``, proportional to FLOP/s (largest remainder, in chain order)."""
+        key = (tuple(int(n) for n in chain), int(steps))
+        if key in self._blocks:  # pure function of (chain, steps): memoised
+            return list(self._blocks[key])
         w = self.flops_per_s[list(chain)]
         raw = steps * w / w.sum()
         k = np.floor(raw).astype(int)
         for i in np.argsort(-(raw - k), kind="stable")[: steps - k.sum()]:
             k[i] += 1
-        return [int(x) for x in k]
+        self._blocks[key] = tuple(int(x) for x in k)
+        return list(self._blocks[key])
 
     def simulate(self, state: PlacementState, action: int) -> tuple[PlacementState, float, dict[str, Any]]:
         """Outcome of ``action`` for request ``state.t`` without touching the environment.

@@ -2,7 +2,8 @@
 
 1. Short timescale: `D3PG` learns the per-slot compute / bandwidth shares on `ResourceAllocation`,
    whose cache is chosen every frame by LFU or (with probability ``random_cache``) a random subset
-   that fits, so the allocator sees every kind of cache.
+   that fits, so the allocator sees every kind of cache. Defaults here: the actor's active-user
+   mask, the per-user critic (`splitldm.rl.d3pg.UserCritic`), hidden width 64.
 2. Long timescale: `DDQN` learns the per-frame cache on `ModelCaching` whose slots are served by
    the trained D3PG actor.
 
@@ -74,8 +75,9 @@ class T2DRL:
         t0 = time.time()
         slot_env = ResourceAllocation(cacher=mixed_cacher, **kwargs)
         # the slot observation is 6 features per user slot, the last one "active"
+        # per-user critic (the slot reward is a sum over users), hidden 64 to train in minutes on one core
         d3pg = D3PG.train_on(slot_env, D3PGConfig(**{"total_steps": cfg.total_steps, "seed": cfg.seed, "active_stride": 6,
-                                                     **(cfg.d3pg or {})}),
+                                                     "critic": "users", "hidden": 64, **(cfg.d3pg or {})}),
                              log=log)
         if log:
             log(f"t2drl: D3PG trained in {time.time() - t0:.0f} s")
