@@ -5,7 +5,9 @@ water-filling on SeedPower, MEG split vs generate-then-download latency. Last li
     python bench/controllers.py --quick    # small budgets (a smoke run; figures are not the claim)
 
 Same seeds for every controller; evaluation episodes use held-out seeds (100000+) never seen in
-training. Single thread (torch.set_num_threads(1)).
+training. Single thread (torch.set_num_threads(1)). CVPO and PPO-Lagrangian see MEGRates with
+``cost_obs=True`` (the cost model's per-action load predicted from the observed SNR); CVPO is also
+trained on the plain SNR observation (``cvpo_snr_obs_*``) for comparison.
 """
 
 from __future__ import annotations
@@ -45,30 +47,40 @@ def main(argv=None) -> int:
     log = (lambda s: None) if q else (lambda s: print(s, flush=True))
     out: dict = {"quick": q, "episodes": episodes}
 
-    env = MEGRates(flat=True)
+    env = MEGRates(flat=True, cost_obs=True)
+    env_snr = MEGRates(flat=True)  # the plain observation [SNR, previous latency, previous energy]
     out["quality_source"] = env.quality_source
-    # --- MEG rates: CVPO vs PPO-Lagrangian vs oracle
+    # --- MEG rates: CVPO vs PPO-Lagrangian vs oracle (same training budget)
+    steps = 2_000 if q else CVPOConfig().total_steps
     t = time.time()
-    cvpo = CVPO.train_on(env, CVPOConfig(total_steps=2_000 if q else 12_000, learning_starts=500 if q else 1_000,
-                                         seed=args.seed), log=log)
+    cvpo = CVPO.train_on(env, CVPOConfig(total_steps=steps, learning_starts=500 if q else 1_000, seed=args.seed),
+                         log=log)
     out["cvpo_train_s"] = round(time.time() - t, 1)
     t = time.time()
-    ppol = PPOLagrangian.train_on(env, PPOLagConfig(total_steps=2_048 if q else 12_000, seed=args.seed), log=log)
+    ppol = PPOLagrangian.train_on(env, PPOLagConfig(total_steps=steps, seed=args.seed), log=log)
     out["ppo_lagrangian_train_s"] = round(time.time() - t, 1)
+    t = time.time()
+    cvpo_snr = CVPO.train_on(env_snr, CVPOConfig(total_steps=steps, learning_starts=500 if q else 1_000,
+                                                 seed=args.seed), log=log)
+    out["cvpo_snr_obs_train_s"] = round(time.time() - t, 1)
+    out["train_steps"] = steps
     r_c = evaluate(env, lambda o, e: cvpo.act(o), episodes, held_out)
     r_p = evaluate(env, lambda o, e: ppol.act(o), episodes, held_out)
+    r_s = evaluate(env_snr, lambda o, e: cvpo_snr.act(o), episodes, held_out)
     r_o = evaluate(env, oracle_rates, episodes, held_out)
     out.update(
         oracle_reward=r_o["reward"], cvpo_reward=r_c["reward"], ppo_lagrangian_reward=r_p["reward"],
         cvpo_vs_oracle=r_c["reward"] / r_o["reward"], ppo_lagrangian_vs_oracle=r_p["reward"] / r_o["reward"],
         cvpo_violation_rate=r_c["violation_rate"], ppo_lagrangian_violation_rate=r_p["violation_rate"],
+        cvpo_avoidable_rate=r_c["avoidable_rate"], ppo_lagrangian_avoidable_rate=r_p["avoidable_rate"],
+        cvpo_snr_obs_reward=r_s["reward"], cvpo_snr_obs_vs_oracle=r_s["reward"] / r_o["reward"],
+        cvpo_snr_obs_violation_rate=r_s["violation_rate"],
         oracle_violation_rate=r_o["violation_rate"], infeasible_tasks=r_o["infeasible_tasks"],
         tasks=r_o["tasks"])
 
     # --- MEG split vs generate-then-download at the default channel (mid-range distance, no fade)
     snr = env.channel.mean_snr_db()
-    obs = np.array([snr / 10, 0.0, 0.0], np.float32)
-    n, r = env.actions[cvpo.act(obs)]
+    n, r = env.actions[cvpo.act(env.observation(snr))]
     n_o, r_o_ = env.actions[oracle_index(env, snr)]
     meg = split_cost(env.flops, n, 0, r, snr)
     dl_same = download_cost(env.flops, n, snr)
@@ -95,7 +107,8 @@ def main(argv=None) -> int:
         "cvpo_fewer_violations_than_ppo_lagrangian": out["cvpo_violation_rate"] < out["ppo_lagrangian_violation_rate"],
         "ppo_power>=water_filling": out["ppo_power_reward"] >= out["water_filling_reward"],
         "latency_reduction>=0.5": out["latency_reduction"] >= 0.5,
-        "train_each<600s": max(out["cvpo_train_s"], out["ppo_lagrangian_train_s"], out["ppo_train_s"]) < 600,
+        "train_each<600s": max(out["cvpo_train_s"], out["ppo_lagrangian_train_s"], out["cvpo_snr_obs_train_s"],
+                               out["ppo_train_s"]) < 600,
     }
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
     return 0

@@ -28,8 +28,9 @@ def test_cvpo_estep_respects_kl_and_cost():
     obs = torch.randn(64, 3)
     torch.manual_seed(0)
     # critics that favour a costly action: the E-step must move toward reward but keep E_q[Q_c] small
+    # (the cost network outputs logits: -30 / +30 mean cost 0 / 1)
     with torch.no_grad():
-        for net, vals in ((agent.q_r_targ, [0.0, 1.0, 2.0, 3.0]), (agent.q_c_targ, [0.0, 0.0, 0.0, 1.0])):
+        for net, vals in ((agent.q_r_targ, [0.0, 1.0, 2.0, 3.0]), (agent.q_c_targ, [-30.0, -30.0, -30.0, 30.0])):
             last = net[-1]
             last.weight.zero_()
             last.bias.copy_(torch.tensor(vals))
@@ -40,6 +41,42 @@ def test_cvpo_estep_respects_kl_and_cost():
     assert (q[:, 2] > pi_old[:, 2]).all()            # moved toward the best feasible action
     kl_m = agent.m_step(obs, q, pi_old)
     assert np.isfinite(kl_m) and agent.eta > 0 and agent.lam >= 0
+
+
+def test_cvpo_cost_critic_is_a_bounded_probability():
+    for cost_gamma in (0.0, 0.5):
+        agent = CVPO(3, 4, CVPOConfig(cost_gamma=cost_gamma))
+        qc = agent.cost_value(torch.randn(32, 3) * 100)
+        assert (qc >= 0).all() and (qc <= 1 / (1 - cost_gamma) + 1e-6).all()
+    # the per-task violation indicator is learnt as a probability: cost 1 for action 3 only
+    agent = CVPO(3, 4, CVPOConfig(critic_updates=1))
+    rng = np.random.default_rng(0)
+    from splitldm.rl.cvpo import _Replay
+
+    buf = _Replay(512, 3)
+    for _ in range(512):
+        o = rng.normal(size=3).astype(np.float32)
+        a = int(rng.integers(4))
+        buf.add(o, a, 0.0, float(a == 3), o, False)
+    for _ in range(300):
+        agent._critic_step(buf.sample(64, rng))
+    qc = agent.cost_value(torch.from_numpy(buf.obs[:64]))
+    assert qc[:, 3].min() > 0.8 and qc[:, :3].max() < 0.2
+
+
+def test_cvpo_learns_the_feasibility_boundary_with_cost_obs():
+    """Short run on the small env with the cost observation: few avoidable violations, beats fixed."""
+    from splitldm.rl.baselines import fixed_rates, oracle_rates
+
+    env = rates_env(cost_obs=True)
+    cfg = CVPOConfig(total_steps=2_400, learning_starts=480, update_every=32, critic_updates=16, batch_size=128,
+                     estep_batch=256, seed=0)
+    agent = CVPO.train_on(env, cfg)
+    res = evaluate(env, lambda o, e: agent.act(o), episodes=8, seed=900)
+    oracle = evaluate(env, oracle_rates, episodes=8, seed=900)
+    cheapest = evaluate(env, fixed_rates(0, 2), episodes=8, seed=900)
+    assert res["violation_rate"] <= 0.05
+    assert res["reward"] > cheapest["reward"] and res["reward"] >= 0.8 * oracle["reward"]
 
 
 def test_cvpo_trains_saves_loads(tmp_path):

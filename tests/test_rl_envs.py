@@ -29,6 +29,7 @@ def make(**kw):
 def test_check_env_all():
     check_env(make(), skip_render_check=True)
     check_env(make(flat=True), skip_render_check=True)
+    check_env(make(flat=True, cost_obs=True), skip_render_check=True)
     check_env(SeedPower(), skip_render_check=True)
 
 
@@ -162,3 +163,45 @@ def test_seedpower_projection_and_baselines():
 def test_stand_in_table_marks_itself():
     t = stand_in_quality_table()
     assert "stand-in" in t.meta["source"]
+
+
+def test_megrates_cost_obs_is_the_predicted_load():
+    env = make(flat=True, cost_obs=True)
+    obs, _ = env.reset(seed=5)
+    assert obs.shape == (3 + len(env.actions),) and env.observation_space.contains(obs)
+    plain = make(flat=True)
+    plain_obs, _ = plain.reset(seed=5)
+    assert np.array_equal(obs[:3], plain_obs)  # same tasks, same first three features
+    for _ in range(10):
+        out = env.all_outcomes(env.snr_db)
+        load = obs[3:]
+        assert np.allclose(load, np.clip(np.log2(out["load"]), -4, 4), atol=1e-5)
+        inside = np.abs(load) < 4 - 1e-6
+        assert np.array_equal((load <= 0)[inside], out["feasible"][inside])  # <= 0 iff both limits met
+        obs, *_ = env.step(0)
+    assert np.array_equal(env.observation(1.5), env.observation(1.5, 0.0, 0.0))
+    assert env.observation(1.5)[0] == pytest.approx(0.15)
+
+
+def test_megrates_constraint_cost_avoidable_and_deep_fade():
+    env = make(flat=True)
+    env.reset(seed=0)
+    # a task where some action is feasible: cost 1 exactly for the infeasible actions
+    env._snr[:] = 5.0
+    out = env.all_outcomes(5.0)
+    assert out["feasible"].any() and not out["feasible"].all()
+    for i in range(len(env.actions)):
+        env._t = 0
+        _, _, _, _, info = env.step(i)
+        assert info["constraint_cost"] == float(not out["feasible"][i])
+    # a deep fade: nothing is feasible; only the least-violating action is free of cost
+    env._snr[:] = -40.0
+    out = env.all_outcomes(-40.0)
+    assert not out["feasible"].any()
+    best = int(np.argmin(out["load"]))
+    for i in range(len(env.actions)):
+        env._t = 0
+        _, _, _, _, info = env.step(i)
+        assert not info["feasible_exists"] and any(info["violation"].values())
+        assert info["constraint_cost"] == float(out["load"][i] > out["load"][best])
+    assert oracle_rates(None, env) == best

@@ -43,8 +43,7 @@ def oracle_index(env: MEGRates, snr_db: float) -> int:
     out = env.all_outcomes(snr_db)
     if out["feasible"].any():
         return int(np.argmax(np.where(out["feasible"], out["reward"], -np.inf)))
-    excess = np.maximum(out["latency"] / env.latency_limit_s, out["energy"] / env.energy_limit_j)
-    return int(np.argmin(excess))
+    return int(np.argmin(out["load"]))  # max(latency / limit, energy / limit)
 
 
 def oracle_rates(obs, env) -> Any:
@@ -126,11 +125,13 @@ def evaluate(env, policy: Policy, episodes: int = 10, seed: int = 10_000) -> dic
 
     Returns mean reward per task, and for environments with costs: mean latency / energy, the
     violation rate over all tasks and over tasks where some action was feasible (``violation_rate``,
-    the figure that matters: a deep fade that no action survives is no policy's fault).
+    the figure that matters: a deep fade that no action survives is no policy's fault), and
+    ``avoidable_rate``, the mean of ``info["constraint_cost"]`` (those violations plus deep-fade
+    excesses above the least-violating action's).
     """
     if not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes: expected an int >= 1, got {episodes!r}")
-    rewards, lat, en, viol, feas = [], [], [], [], []
+    rewards, lat, en, viol, feas, avoid = [], [], [], [], [], []
     for e in range(episodes):
         obs, _ = env.reset(seed=seed + e)
         done = False
@@ -142,6 +143,7 @@ def evaluate(env, policy: Policy, episodes: int = 10, seed: int = 10_000) -> dic
                 en.append(info["cost"]["energy"])
                 viol.append(info["violation"]["latency"] or info["violation"]["energy"])
                 feas.append(info["feasible_exists"])
+                avoid.append(float(info.get("constraint_cost", 0.0)))
             done = term or trunc
     out: dict[str, Any] = {"reward": float(np.mean(rewards)), "tasks": len(rewards)}
     if viol:
@@ -149,5 +151,5 @@ def evaluate(env, policy: Policy, episodes: int = 10, seed: int = 10_000) -> dic
         out.update(latency_s=float(np.mean(lat)), energy_j=float(np.mean(en)),
                    violation_rate_all=float(viol.mean()),
                    violation_rate=float(viol[feas].mean()) if feas.any() else 0.0,
-                   infeasible_tasks=float(1 - feas.mean()))
+                   infeasible_tasks=float(1 - feas.mean()), avoidable_rate=float(np.mean(avoid)))
     return out

@@ -2,9 +2,13 @@
 
 Used by MEG-CVPO to pick (denoising steps, merge ratio) per task. Each update:
 
-1. Critics: ``Q_r(s, .)`` (reward, discount ``gamma``) and ``Q_c(s, .)`` (constraint cost: the
-   per-task avoidable-violation indicator ``info["constraint_cost"]``, discount ``cost_gamma`` = 0
-   because the limits hold per task) regressed on replayed transitions, polyak targets.
+1. Critics: ``Q_r(s, .)`` (reward, discount ``gamma``) regressed on replayed transitions, and
+   ``Q_c(s, .)`` (constraint cost: the per-task avoidable-violation indicator
+   ``info["constraint_cost"]``, discount ``cost_gamma`` = 0 because the limits hold per task). Costs
+   lie in [0, 1], so the cost network outputs logits, ``Q_c = sigmoid(logit) / (1 - cost_gamma)``,
+   fitted by cross-entropy: a violation probability that is exactly 0 far from the feasibility
+   boundary (a plain regression head leaves +-0.05 noise there, above the 0.005 cost limit, and the
+   E-step's cost dual then blows up). Polyak targets for both.
 2. E-step: the non-parametric variational policy ``q(a|s) ~ pi_old(a|s) exp((Q_r - lam Q_c) / eta)``
    with dual variables ``eta`` (KL(q || pi_old) <= ``kl_estep``) and ``lam`` (E_q Q_c <= ``cost_limit``)
    found by minimising the convex dual ``g(eta, lam) = eta eps + lam c + eta E_s log E_pi_old
@@ -13,8 +17,12 @@ Used by MEG-CVPO to pick (denoising steps, merge ratio) per task. Each update:
 3. M-step: weighted maximum likelihood ``max E_s sum_a q log pi_theta`` with a KL trust region
    ``KL(pi_old || pi_theta) <= kl_mstep`` kept by a Lagrange multiplier, ``mstep_iters`` steps.
 
-Hyper-parameters (MEG-CVPO defaults: 128x128 nets, lr 5e-4 / 1e-3, gamma 0.97, KL 0.02, 5 M-steps)
-are in `CVPOConfig`. Train: ``agent = CVPO.train_on(env, CVPOConfig())`` with a ``Discrete``-action
+Hyper-parameters are in `CVPOConfig`: MEG-CVPO's nets and learning rates (128x128, lr 5e-4 / 1e-3),
+but ``gamma = 0`` (MEGRates tasks are independent: the next task's channel does not depend on the
+action, so discounting only adds the noise of bootstrapped targets) and wider KL bounds than the
+paper's (E-step 0.1, M-step 0.05 with 10 M-steps instead of 0.02 / 0.01 / 5): with the paper's
+bounds the policy collapses onto an early, over-cautious action and cannot move off it within the
+training budget. Train: ``agent = CVPO.train_on(env, CVPOConfig())`` with a ``Discrete``-action
 environment (``MEGRates(flat=True)``).
 """
 
@@ -36,15 +44,15 @@ from .policy_io import check_obs, load_policy_files, mlp, save_policy
 
 @dataclass
 class CVPOConfig:
-    total_steps: int = 12_000        # environment steps (tasks)
+    total_steps: int = 20_000        # environment steps (tasks)
     hidden: int = 128                # two hidden layers of this width
     lr_actor: float = 5e-4
     lr_critic: float = 1e-3
-    gamma: float = 0.97              # reward discount
+    gamma: float = 0.0               # reward discount (MEGRates tasks are independent; MEG-CVPO: 0.97)
     cost_gamma: float = 0.0          # per-task constraint: the immediate cost
-    kl_estep: float = 0.02           # E-step KL(q || pi_old) bound
-    kl_mstep: float = 0.01           # M-step trust region KL(pi_old || pi)
-    mstep_iters: int = 5
+    kl_estep: float = 0.1            # E-step KL(q || pi_old) bound (MEG-CVPO: 0.02)
+    kl_mstep: float = 0.05           # M-step trust region KL(pi_old || pi) (MEG-CVPO: 0.01)
+    mstep_iters: int = 10            # (MEG-CVPO: 5)
     cost_limit: float = 0.005        # E_q[Q_c]: expected avoidable violations per task
     batch_size: int = 256
     estep_batch: int = 512
@@ -93,16 +101,21 @@ class CVPO:
         return int(p.argmax()) if deterministic else int(torch.multinomial(p, 1, generator=self.gen))
 
     # ------------------------------------------------------------------ learning
+    def cost_value(self, obs: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """``Q_c(s, .)`` in ``[0, 1 / (1 - cost_gamma)]``: the cost network outputs logits (costs are in [0, 1])."""
+        return torch.sigmoid((self.q_c_targ if target else self.q_c)(obs)) / (1.0 - self.cfg.cost_gamma)
+
     def _critic_step(self, b) -> None:
         cfg = self.cfg
         with torch.no_grad():
             pi_next = F.softmax(self.actor(b["obs2"]), -1)
             nonterm = 1.0 - b["term"]
             y_r = b["rew"] + cfg.gamma * nonterm * (pi_next * self.q_r_targ(b["obs2"])).sum(-1)
-            y_c = b["cost"] + cfg.cost_gamma * nonterm * (pi_next * self.q_c_targ(b["obs2"])).sum(-1)
+            y_c = b["cost"] + cfg.cost_gamma * nonterm * (pi_next * self.cost_value(b["obs2"], True)).sum(-1)
+            y_c = (y_c * (1.0 - cfg.cost_gamma)).clamp(0.0, 1.0)   # as a probability for the logit head
         q_r = self.q_r(b["obs"]).gather(1, b["act"][:, None])[:, 0]
-        q_c = self.q_c(b["obs"]).gather(1, b["act"][:, None])[:, 0]
-        loss = F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
+        logit_c = self.q_c(b["obs"]).gather(1, b["act"][:, None])[:, 0]
+        loss = F.mse_loss(q_r, y_r) + F.binary_cross_entropy_with_logits(logit_c, y_c)
         self.opt_critic.zero_grad()
         loss.backward()
         self.opt_critic.step()
@@ -116,7 +129,7 @@ class CVPO:
         cfg = self.cfg
         with torch.no_grad():
             logp_old = F.log_softmax(self.actor(obs), -1).double()
-            qr, qc = self.q_r_targ(obs).double(), self.q_c_targ(obs).double()
+            qr, qc = self.q_r_targ(obs).double(), self.cost_value(obs, target=True).double()
 
         def dual(x):
             xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)

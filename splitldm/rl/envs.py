@@ -36,6 +36,7 @@ __all__ = ["MEGRates", "SeedPower", "default_quality_table", "stand_in_quality_t
 DEFAULT_STEPS = tuple(range(4, 13))
 DEFAULT_MERGE_RATIOS = (0.0, 0.25, 0.5, 0.75)
 SNR_OBS_CLIP_DB = 60.0  # observations are SNR/10 clipped to +-6
+COST_OBS_CLIP = 4.0     # cost_obs: log2 relative load clipped to +-4 (1/16 .. 16 x the limit)
 
 
 def _repo_root() -> Path:
@@ -85,9 +86,20 @@ class MEGRates(gym.Env):
         link: ``"digital"`` (lossless at the Shannon rate; quality from channel "none") or ``"analog"``
             (the latent sent uncoded at ``rho`` uses per value; quality at the task's SNR from
             ``analog_channel`` in the table).
+        cost_obs: append the cost model's prediction for every action (see below). The prediction is
+            a deterministic function of the observed SNR and the known device / model / channel
+            parameters (what an ES scheduler computes before choosing); it carries no quality
+            information and no information beyond the SNR, only in a form a network reads easily.
 
-    Observation (float32, 3): ``[snr_db / 10, prev latency / limit, prev energy / limit]``, clipped
-    to ``[-6, 6] x [0, 10] x [0, 10]``.
+    Observation (float32): ``[snr_db / 10, prev latency / limit, prev energy / limit]``, clipped to
+    ``[-6, 6] x [0, 10] x [0, 10]``; with ``cost_obs`` followed by one value per action (flat
+    order): ``log2 max(latency / latency limit, energy / energy limit)`` predicted at the task's SNR,
+    clipped to ``[-4, 4]`` (<= 0 iff the action meets both limits).
+
+    Constraint signal (``info["constraint_cost"]``): 1 when the action's relative load
+    ``max(latency / limit, energy / limit)`` exceeds ``max(1, smallest load of any action)``: a
+    violation some action would have avoided, or, in a deep fade where no action is feasible, an
+    excess larger than the least-violating action's (what the oracle picks there). Otherwise 0.
     """
 
     metadata = {"render_modes": []}
@@ -98,7 +110,7 @@ class MEGRates(gym.Env):
                  channel: ChannelParams = ChannelParams(), es: DeviceProfile = ES_DEFAULT,
                  ue: DeviceProfile = UE_DEFAULT, guidance: bool = True, fixed_delay_s: float = 0.2,
                  flat: bool = False, link: str = "digital", rho: float = 0.5, analog_channel: str = "rayleigh",
-                 mse_floor: float = 1e-3):
+                 mse_floor: float = 1e-3, cost_obs: bool = False):
         super().__init__()
         self.latency_limit_s = _check_positive("latency_limit_s", latency_limit_s)
         self.energy_limit_j = _check_positive("energy_limit_j", energy_limit_j)
@@ -151,8 +163,11 @@ class MEGRates(gym.Env):
         n_r = len(self.merge_ratios)
         self.action_space = spaces.Discrete(len(self.actions)) if flat else spaces.MultiDiscrete([len(self.steps), n_r])
         self.flat = bool(flat)
-        self.observation_space = spaces.Box(np.array([-6.0, 0.0, 0.0], np.float32),
-                                            np.array([6.0, 10.0, 10.0], np.float32), dtype=np.float32)
+        self.cost_obs = bool(cost_obs)
+        k = len(self.actions) if self.cost_obs else 0
+        self.observation_space = spaces.Box(np.array([-6.0, 0.0, 0.0] + [-COST_OBS_CLIP] * k, np.float32),
+                                            np.array([6.0, 10.0, 10.0] + [COST_OBS_CLIP] * k, np.float32),
+                                            dtype=np.float32)
         self._t = 0
         self._snr = np.zeros(tasks_per_episode)
         self._prev = (0.0, 0.0)
@@ -190,13 +205,19 @@ class MEGRates(gym.Env):
             reward = np.array([self.quality.reward(n, r, snr_db, self.analog_channel, self.mse_floor)
                                for n, r in self.actions])
         feasible = (latency <= self.latency_limit_s) & (energy <= self.energy_limit_j)
-        return {"reward": reward, "latency": latency, "energy": energy, "feasible": feasible}
+        load = np.maximum(latency / self.latency_limit_s, energy / self.energy_limit_j)
+        return {"reward": reward, "latency": latency, "energy": energy, "feasible": feasible, "load": load}
 
     # ------------------------------------------------------------------ gym API
-    def _obs(self) -> np.ndarray:
-        t = min(self._t, self.tasks_per_episode - 1)
-        obs = np.array([self._snr[t] / 10.0, self._prev[0] / self.latency_limit_s, self._prev[1] / self.energy_limit_j])
+    def observation(self, snr_db: float, prev_latency_s: float = 0.0, prev_energy_j: float = 0.0) -> np.ndarray:
+        """The observation of a task at ``snr_db`` after a task that cost (``prev_latency_s``, ``prev_energy_j``)."""
+        obs = np.array([snr_db / 10.0, prev_latency_s / self.latency_limit_s, prev_energy_j / self.energy_limit_j])
+        if self.cost_obs:
+            obs = np.concatenate([obs, np.log2(self.all_outcomes(float(snr_db))["load"])])
         return np.clip(obs, self.observation_space.low, self.observation_space.high).astype(np.float32)
+
+    def _obs(self) -> np.ndarray:
+        return self.observation(self.snr_db, *self._prev)
 
     @property
     def snr_db(self) -> float:
@@ -218,15 +239,16 @@ class MEGRates(gym.Env):
         n, r = self.actions[i]
         lat, en = float(out["latency"][i]), float(out["energy"][i])
         reward = float(out["reward"][i])
+        # avoidable: above the limits and above the least load any action reaches (1e-9: rounding)
+        avoidable = bool(out["load"][i] > max(1.0, float(out["load"].min())) * (1 + 1e-9))
         info = {
             "cost": {"latency": lat, "energy": en},
             "cost_limit": {"latency": self.latency_limit_s, "energy": self.energy_limit_j},
             "violation": {"latency": lat > self.latency_limit_s, "energy": en > self.energy_limit_j},
             "feasible_exists": bool(out["feasible"].any()),
-            # The constraint signal controllers train on: a violation that some action would have
-            # avoided (a deep fade no action survives is not the controller's fault).
-            "constraint_cost": float((lat > self.latency_limit_s or en > self.energy_limit_j)
-                                     and bool(out["feasible"].any())),
+            # The constraint signal controllers train on: a violation some action would have avoided,
+            # or in a deep fade (no action feasible) an excess above the least-violating action's.
+            "constraint_cost": float(avoidable),
             "steps": n, "merge_ratio": r, "snr_db": snr, "action_index": i,
             "mse": math.exp(-reward), "quality_source": self.quality_source,
         }
