@@ -34,7 +34,7 @@ def generate(pipe, prompts, steps: int, guidance: float, seed: int, batch_size: 
         g = torch.Generator().manual_seed(seed + i)
         res = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance,
                    generator=g, output_type="pt")
-        out.append(res.images.float().clamp(0, 1))
+        out.append(res.images.float().clamp(0, 1).cpu())
     return torch.cat(out), time.perf_counter() - t0
 
 
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout-combos", action="store_true", help="prompts from attribute combinations held out of training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the pipelines run (e.g. cuda); metrics stay on the CPU")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     num = args.num or (16 if args.quick else 256)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     for label, name, steps_list, guidance in (("teacher-ddim", args.teacher, t_steps, args.guidance),
                                               ("student-lcm", args.student, s_steps, args.student_guidance)):
         try:
-            pipe = load_pipeline(name)
+            pipe = load_pipeline(name).to(args.device)
         except (FileNotFoundError, ValueError) as exc:
             print(f"skip {label}: {exc}", file=sys.stderr)
             continue
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
               "holdout_combos": args.holdout_combos, "fid_extractor": feats.name,
               "real_vs_real_classifier_fid": round(floor, 4),
               "real_adherence": round(prompt_adherence(real2, real2_caps, clf), 4),
-              "threads": args.threads, "rows": rows}
+              "threads": args.threads, "device": args.device, "rows": rows}
     print(json.dumps(result))
     return 0
 

@@ -116,7 +116,10 @@ class SeedCodec(LinkStage, ConfigMixin):
         sample_size: default ``(h, w)`` that `decode` reconstructs when no shape is given.
         condition: ``"snr"`` (condition on the channel SNR) or ``"csi"`` (on ``|h|^2 SNR`` when the
             link publishes block-fading gains ``context["h"]``; falls back to the SNR otherwise).
-        snr_range_db: the training SNR range (dB), recorded for users and used to centre the SNR input.
+        snr_range_db: the SNR range (dB) that centres and scales the SNR input (the first training
+            range; fine-tuning keeps it so the weights stay valid).
+        trained_snr_range_db: the SNR range (dB) the weights were last trained on, when fine-tuning
+            widened it (None: ``snr_range_db``). See `training_snr_range_db`.
         in_mean, in_std: per-channel statistics of the training features; the codec works on
             ``(x - mean) / std`` and undoes it at the output (set by the training recipe).
         default_snr_db: SNR assumed by `send`/`receive` when no channel stage publishes one.
@@ -129,7 +132,7 @@ class SeedCodec(LinkStage, ConfigMixin):
                  num_blocks: int = 2, downsample: int = 1, sample_size: int | Sequence[int] = 8,
                  condition: str = "snr", snr_range_db: Sequence[float] = (0.0, 20.0),
                  in_mean: Sequence[float] | None = None, in_std: Sequence[float] | None = None,
-                 default_snr_db: float | None = None):
+                 default_snr_db: float | None = None, trained_snr_range_db: Sequence[float] | None = None):
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels: expected an int >= 1, got {in_channels!r}")
@@ -146,6 +149,10 @@ class SeedCodec(LinkStage, ConfigMixin):
         lo, hi = (float(v) for v in snr_range_db)
         if not lo <= hi:
             raise ValueError(f"snr_range_db: expected (low, high) with low <= high, got {snr_range_db!r}")
+        if trained_snr_range_db is not None:
+            t_lo, t_hi = (float(v) for v in trained_snr_range_db)
+            if not t_lo <= t_hi:
+                raise ValueError(f"trained_snr_range_db: expected (low, high) with low <= high, got {trained_snr_range_db!r}")
         size = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(int(s) for s in sample_size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"sample_size: expected an int or (h, w), got {sample_size!r}")
@@ -179,6 +186,12 @@ class SeedCodec(LinkStage, ConfigMixin):
         self.default_snr_db = default_snr_db
 
     # ------------------------------------------------------------------ accounting
+    @property
+    def training_snr_range_db(self) -> tuple[float, float]:
+        """(low, high) dB the weights were last trained on: ``trained_snr_range_db`` or ``snr_range_db``."""
+        r = self.config.trained_snr_range_db or self.config.snr_range_db
+        return float(r[0]), float(r[1])
+
     def num_symbols(self, shape: Sequence[int]) -> int:
         """Complex channel uses ``k = floor(rho * C * h * w)`` for a feature of shape (C, h, w)."""
         c, h, w = (int(s) for s in shape[-3:])

@@ -148,6 +148,13 @@ def test_load_errors(tmp_path):
         SeedCodec.load(tmp_path / "e")
 
 
+def test_trained_snr_range_is_validated_and_reported():
+    assert SeedCodec(hidden_channels=8, trained_snr_range_db=[-5, 20]).training_snr_range_db == (-5.0, 20.0)
+    assert SeedCodec(hidden_channels=8, snr_range_db=(2, 12)).training_snr_range_db == (2.0, 12.0)
+    with pytest.raises(ValueError, match="trained_snr_range_db"):
+        SeedCodec(hidden_channels=8, trained_snr_range_db=[10, 0])
+
+
 def test_input_errors():
     codec = _codec()
     with pytest.raises(ValueError, match="channels"):

@@ -87,3 +87,10 @@ def test_noised_latents_proxy(tiny_pipe, tmp_path):
     SeedCodec(hidden_channels=8, num_blocks=1, in_mean=[1.0, 0, 0, 0]).save_pretrained(tmp_path / "c")
     module = CodecModule(init_from=str(tmp_path / "c"))
     assert module.codec.config.hidden_channels == 8 and module.codec.in_mean.flatten()[0] == 1.0
+    assert module.codec.training_snr_range_db == (0.0, 20.0) and module.codec.config.trained_snr_range_db is None
+    # widening the SNR range while fine-tuning keeps the input normalisation and records the new range
+    module = CodecModule(init_from=str(tmp_path / "c"), snr_range_db=[-5.0, 20.0])
+    assert module.codec.config.snr_range_db == [0.0, 20.0] or tuple(module.codec.config.snr_range_db) == (0.0, 20.0)
+    assert module.codec.training_snr_range_db == (-5.0, 20.0)
+    module.codec.save_pretrained(tmp_path / "c2")
+    assert SeedCodec.load(tmp_path / "c2").training_snr_range_db == (-5.0, 20.0)

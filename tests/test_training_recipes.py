@@ -66,6 +66,29 @@ def test_ldm_recipe_and_lcm_distillation(tmp_path):
     assert img.shape == (1, 3, 64, 64)
 
 
+@pytest.mark.parametrize("name, module", [("vae", VAEModule), ("ldm", LDMModule), ("lcm", LCMDistillModule)])
+def test_gpu_configs_parse_and_build(name, module):
+    """configs/gpu/*.yaml (the shipped models' recipes) are valid LightningCLI configs; built on CPU here."""
+    from splitldm.models import checkpoints_dir
+
+    extra = {"vae": [], "ldm": ["--model.vae_path", "null", "--model.cache_size", "4"],
+             "lcm": ["--model.teacher_path", str(checkpoints_dir() / "tiny"), "--model.cache_size", "4"]}[name]
+    cli = main(module, args=["--config", f"configs/gpu/{name}.yaml", "--trainer.accelerator", "cpu",
+                             "--trainer.logger", "false", "--data.preload", "false", *extra], run=False)
+    assert cli.trainer.max_steps > 0 and cli.datamodule.hparams.preload is False
+    assert cli.datamodule.hparams.num_workers == 4
+
+
+def test_preloaded_shapes_equal_rendered_on_the_fly():
+    from training.datamodule import ShapesDataset
+
+    lazy, eager = ShapesDataset(5, "test", seed=3), ShapesDataset(5, "test", seed=3, preload=True)
+    for i in range(5):
+        a, b = lazy[i], eager[i]
+        assert torch.equal(a["images"], b["images"]) and a["captions"] == b["captions"]
+        assert torch.equal(a["labels"], b["labels"]) and a["index"] == b["index"] == i
+
+
 def test_classifier_recipe(tmp_path):
     extra = ["--model.export_dir", str(tmp_path / "clf"), "--model.width", "8", "--model.feature_dim", "16",
              "--model.schedule", "cosine"]

@@ -329,6 +329,8 @@ class CodecModule(L.LightningModule):
         kwargs.setdefault("snr_range_db", list(snr_range_db))
         if init_from:
             self.codec = SeedCodec.load(init_from).train()  # keeps its own SNR normalisation
+            if [float(v) for v in snr_range_db] != [float(v) for v in self.codec.config.snr_range_db]:
+                self.codec.register_to_config(trained_snr_range_db=[float(v) for v in snr_range_db])
         else:
             self.codec = SeedCodec(**kwargs)
         self.channel = make_channel(channels, csi)

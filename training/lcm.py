@@ -141,7 +141,7 @@ class LCMDistillModule(L.LightningModule):
             noise = torch.randn_like(latents)
             ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             x_t = ab.sqrt() * latents + (1 - ab).sqrt() * noise
-            w_emb = guidance_scale_embedding(torch.full((b,), 3.0), self.hparams.time_cond_proj_dim)
+            w_emb = guidance_scale_embedding(torch.full((b,), 3.0, device=self.device), self.hparams.time_cond_proj_dim)
             pred = self._consistency(self.target, x_t, t, w_emb, ehs)
         self.log("val/x0_mse_1step", (pred - latents).pow(2).mean(), prog_bar=True, batch_size=b)
 

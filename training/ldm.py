@@ -36,8 +36,8 @@ def sd_alphas_cumprod(num_train_timesteps: int = 1000) -> torch.Tensor:
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, source: torch.nn.Module, decay: float) -> None:
-    for pt, ps in zip(target.parameters(), source.parameters()):
-        pt.lerp_(ps.detach(), 1 - decay)
+    # one fused call instead of a kernel per tensor: on a GPU the tiny model is launch-bound
+    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in source.parameters()], 1 - decay)
 
 
 class LatentCache(torch.nn.Module):
@@ -182,7 +182,7 @@ def export_pipeline(pipe, export_dir: str | Path, fp16: bool = True) -> Path:
 
     The text encoder stays fp32 (transformers would keep fp16 on load, and it is tiny).
     """
-    pipe = copy.deepcopy(pipe)
+    pipe = copy.deepcopy(pipe).to("cpu")
     if fp16:
         pipe.unet.to(torch.float16)
         pipe.vae.to(torch.float16)

@@ -68,10 +68,11 @@ def psnr_table(vaes: dict, images: torch.Tensor, ratios, noise_levels=(0.0,), si
     """
     first = next(iter(vaes.values()))
     sf = first.config.scaling_factor
+    images = images.to(next(first.parameters()).device)
     z = first.encode(images * 2 - 1).latent_dist.mean * sf
     rows = []
     for sigma in noise_levels:
-        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)) * sigma
+        noise = (torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)) * sigma).to(z)
         for ratio in ratios:
             zc = merge_unmerge(z, ratio, similarity) + noise
             row = {"ratio": ratio, "noise": sigma}

@@ -121,8 +121,15 @@ def latent_scale(vae, scale_examples: int = 512) -> float:
     if getattr(vae, "_analytic", False):  # the encoder computes exactly this (to 1e-3), much faster
         means = block_average_latents(images, vae.config.latent_channels)
     else:
-        means = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.mean for i in range(0, len(images), 64)])
+        means = _posterior_means(vae, images)
     return float(1.0 / means.std())
+
+
+def _posterior_means(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Posterior means (B, C, h, w) of images (B, 3, H, W) in [0, 1], computed on the VAE's device."""
+    dev = next(vae.parameters()).device
+    return torch.cat([vae.encode(images[i:i + batch].to(dev) * 2 - 1).latent_dist.mean.cpu()
+                      for i in range(0, len(images), batch)])
 
 
 def block_average_latents(images: torch.Tensor, latent_channels: int = 4, factor: int = 8) -> torch.Tensor:
@@ -142,10 +149,9 @@ def export_vae(vae, export_dir: str | Path, scale_examples: int = 512) -> float:
 
     vae = vae.eval()
     images, _, _ = render_batch(range(scale_examples))
-    means = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.mean for i in range(0, len(images), 64)])
-    scale = float(1.0 / means.std())
+    scale = float(1.0 / _posterior_means(vae, images).std())
     vae.register_to_config(scaling_factor=scale)
-    vae.save_pretrained(str(export_dir), safe_serialization=True)
+    vae.save_pretrained(str(export_dir), safe_serialization=True)  # safetensors copies to host itself
     return scale
 
 
