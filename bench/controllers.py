@@ -63,10 +63,14 @@ def main(argv=None) -> int:
     cvpo_snr = CVPO.train_on(env_snr, CVPOConfig(total_steps=steps, learning_starts=500 if q else 1_000,
                                                  seed=args.seed), log=log)
     out["cvpo_snr_obs_train_s"] = round(time.time() - t, 1)
+    t = time.time()
+    ppol_snr = PPOLagrangian.train_on(env_snr, PPOLagConfig(total_steps=steps, seed=args.seed), log=log)
+    out["ppo_lagrangian_snr_obs_train_s"] = round(time.time() - t, 1)
     out["train_steps"] = steps
     r_c = evaluate(env, lambda o, e: cvpo.act(o), episodes, held_out)
     r_p = evaluate(env, lambda o, e: ppol.act(o), episodes, held_out)
     r_s = evaluate(env_snr, lambda o, e: cvpo_snr.act(o), episodes, held_out)
+    r_ps = evaluate(env_snr, lambda o, e: ppol_snr.act(o), episodes, held_out)
     r_o = evaluate(env, oracle_rates, episodes, held_out)
     out.update(
         oracle_reward=r_o["reward"], cvpo_reward=r_c["reward"], ppo_lagrangian_reward=r_p["reward"],
@@ -75,6 +79,8 @@ def main(argv=None) -> int:
         cvpo_avoidable_rate=r_c["avoidable_rate"], ppo_lagrangian_avoidable_rate=r_p["avoidable_rate"],
         cvpo_snr_obs_reward=r_s["reward"], cvpo_snr_obs_vs_oracle=r_s["reward"] / r_o["reward"],
         cvpo_snr_obs_violation_rate=r_s["violation_rate"],
+        ppo_lagrangian_snr_obs_reward=r_ps["reward"], ppo_lagrangian_snr_obs_vs_oracle=r_ps["reward"] / r_o["reward"],
+        ppo_lagrangian_snr_obs_violation_rate=r_ps["violation_rate"],
         oracle_violation_rate=r_o["violation_rate"], infeasible_tasks=r_o["infeasible_tasks"],
         tasks=r_o["tasks"])
 
@@ -105,10 +111,13 @@ def main(argv=None) -> int:
         "cvpo_vs_oracle>=0.95": out["cvpo_vs_oracle"] >= 0.95,
         "cvpo_violation_rate<=0.01": out["cvpo_violation_rate"] <= 0.01,
         "cvpo_fewer_violations_than_ppo_lagrangian": out["cvpo_violation_rate"] < out["ppo_lagrangian_violation_rate"],
+        # the same comparison on the plain observation [SNR, previous latency, previous energy]
+        "cvpo_fewer_violations_than_ppo_lagrangian_snr_obs":
+            out["cvpo_snr_obs_violation_rate"] < out["ppo_lagrangian_snr_obs_violation_rate"],
         "ppo_power>=water_filling": out["ppo_power_reward"] >= out["water_filling_reward"],
         "latency_reduction>=0.5": out["latency_reduction"] >= 0.5,
         "train_each<600s": max(out["cvpo_train_s"], out["ppo_lagrangian_train_s"], out["cvpo_snr_obs_train_s"],
-                               out["ppo_train_s"]) < 600,
+                               out["ppo_lagrangian_snr_obs_train_s"], out["ppo_train_s"]) < 600,
     }
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
     return 0
