@@ -323,18 +323,29 @@ class SeedCodec(LinkStage, ConfigMixin):
         h = context.get("h") if self.config.condition == "csi" else None
         return h if isinstance(h, torch.Tensor) else None
 
+    def send_tensor(self, x: torch.Tensor, context: dict[str, Any], name: str = "x") -> tuple[torch.Tensor, dict]:
+        """Encode one link tensor (B, C, h, w) at the link's SNR: complex64 symbols (B, k) on the CPU and
+        the record (``shape``, ``dtype``) `receive_tensor` needs to restore it."""
+        self._check_x(x, name=name)
+        with torch.no_grad():
+            snr = self._link_snr(context, x.shape[0], x.device)
+            y = self.encode(x, snr, h=self._context_h(context)).to(torch.complex64).cpu()
+        return y, {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+
+    def receive_tensor(self, y: torch.Tensor, info: dict, context: dict[str, Any]) -> torch.Tensor:
+        """Decode symbols from `send_tensor` back to a feature of the recorded shape and dtype."""
+        with torch.no_grad():
+            snr = self._link_snr(context, y.shape[0], y.device)
+            x_hat = self.decode(y, snr, shape=info["shape"][1:], h=self._context_h(context))
+        return x_hat.to(getattr(torch, info["dtype"]))
+
     def send(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
         """Encode every primary tensor (B, C, h, w) to complex64 symbols (B, k); shapes go in meta."""
         if not payload.primary:
             raise ValueError("payload: has no primary tensor for the seed codec to encode")
         tensors, record = dict(payload.tensors), {}
-        with torch.no_grad():
-            for name in payload.primary:
-                x = tensors[name]
-                self._check_x(x, name=f"payload.tensors[{name!r}]")
-                snr = self._link_snr(context, x.shape[0], x.device)
-                tensors[name] = self.encode(x, snr, h=self._context_h(context)).to(torch.complex64).cpu()
-                record[name] = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+        for name in payload.primary:
+            tensors[name], record[name] = self.send_tensor(tensors[name], context, name=f"payload.tensors[{name!r}]")
         meta = dict(payload.meta)
         meta[_META_KEY] = record
         return payload.replace(tensors=tensors, meta=meta)
@@ -345,12 +356,8 @@ class SeedCodec(LinkStage, ConfigMixin):
         if record is None:
             raise ValueError("payload: carries no seed-codec symbols (meta has no 'seed_codec' entry)")
         tensors = dict(payload.tensors)
-        with torch.no_grad():
-            for name, info in record.items():
-                y = tensors[name]
-                snr = self._link_snr(context, y.shape[0], y.device)
-                x_hat = self.decode(y, snr, shape=info["shape"][1:], h=self._context_h(context))
-                tensors[name] = x_hat.to(getattr(torch, info["dtype"]))
+        for name, info in record.items():
+            tensors[name] = self.receive_tensor(tensors[name], info, context)
         meta = {k: v for k, v in payload.meta.items() if k != _META_KEY}
         return payload.replace(tensors=tensors, meta=meta)
 

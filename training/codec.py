@@ -241,15 +241,18 @@ class CodecLatentData(L.LightningDataModule):
         path = self.cache_path(split)
         if path.exists():
             return load_file(str(path))
-        hp = self.hparams
-        data = build_latent_set(hp.pipeline, hp.dataset, split, hp.num_train if split == "train" else hp.num_val,
-                                hp.split_steps, hp.num_inference_steps, hp.guidance_scale, hp.seed, hp.include_vae,
-                                hp.vae_path, hp.noised_steps)
+        data = self._build(split)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file(data, str(tmp), metadata={"config": json.dumps(dict(hp), sort_keys=True, default=str)})
+        save_file(data, str(tmp), metadata={"config": json.dumps(dict(self.hparams), sort_keys=True, default=str)})
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
         return data
+
+    def _build(self, split: str) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        return build_latent_set(hp.pipeline, hp.dataset, split, hp.num_train if split == "train" else hp.num_val,
+                                hp.split_steps, hp.num_inference_steps, hp.guidance_scale, hp.seed, hp.include_vae,
+                                hp.vae_path, hp.noised_steps)
 
     def prepare_data(self) -> None:  # runs once per node: fill the cache
         self._load_or_build("train")
