@@ -32,6 +32,10 @@ def main(argv=None) -> int:
     ap.add_argument("--d3ql-gamma", type=float, default=None, help="override the D3QL discount")
     ap.add_argument("--d3pg-steps", type=int, default=None, help="override the D3PG training slots")
     ap.add_argument("--caching-steps", type=int, default=None, help="override the DDQN training frames")
+    ap.add_argument("--d3ql-flat-head", action="store_true",
+                    help="ablation: D3QL with one advantage output per action (no per-action head)")
+    ap.add_argument("--d3pg-critic", choices=["users", "mlp"], default="users",
+                    help="D3PG critic: per-user sum (default) or one MLP over (obs, action) (ablation)")
     args = ap.parse_args(argv)
 
     t_start = time.time()
@@ -60,20 +64,22 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
 
     if args.only in (None, "placement"):
-        users = [2, 5, 10, 20]
+        users = [2, 5, 10, 20]                              # trained on these user counts
         episodes = args.episodes or (3 if q else 20)
         env = ChainPlacement(num_users=users, max_chain=2)
         out["quality_source"] = env.quality_source
+        out["placement_train_users"] = users
         t, c = time.time(), time.process_time()
         # per-action head over the env's one-step lookahead features (configs/rl/d3ql.yaml does the same)
-        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (1_500 if q else 10_000),
-                                              learning_starts=300 if q else 1_000, per_action_features=True,
+        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (1_000 if q else 10_000),
+                                              learning_starts=200 if q else 1_000, per_action_features=not args.d3ql_flat_head,
                                               seed=args.seed, **({} if args.d3ql_gamma is None else {"gamma": args.d3ql_gamma})), log=log)
         out["d3ql_train_s"] = round(time.time() - t, 1)
         out["d3ql_train_cpu_s"] = round(time.process_time() - c, 1)
         plot_history(agent.history, os.path.join(args.out, "d3ql_curve.png"), "D3QL on ChainPlacement", x_key="episode")
         pols = {"d3ql": agent.policy(), "monolithic": monolithic, "fixed_chain_2": fixed_chain(2),
                 "greedy": greedy_placement}
+        users = users if q else [2, 3, 5, 8, 10, 15, 20]   # evaluated on these (3, 8, 15 not trained on)
         per = {u: {n: evaluate_placement(env, p, episodes, held, u) for n, p in pols.items()} for u in users}
         plot_vs_users({n: [per[u][n]["reward"] for u in users] for n in pols}, users,
                       os.path.join(args.out, "placement_vs_users.png"), "reward per request")
@@ -97,14 +103,15 @@ def main(argv=None) -> int:
                    greedy_gap_to_optimum=float((np.mean(opt) - np.mean(grd)) / abs(np.mean(opt))))
 
     if args.only in (None, "caching"):
-        users = [2, 4, 6]
+        users = [2, 4, 6]                                  # trained on these user counts
         episodes = args.episodes or (2 if q else 5)
         cenv = ModelCaching(num_users=users, frames_per_episode=5 if q else 20)
+        out["caching_train_users"] = users
         t, c = time.time(), time.process_time()
-        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (1_000 if q else 8_000),
-                                              caching_steps=args.caching_steps or (100 if q else 2_000),
-                                              seed=args.seed, d3pg={"learning_starts": 300} if q else None,
-                                              ddqn={"learning_starts": 50} if q else None), log=log)
+        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (600 if q else 8_000),
+                                              caching_steps=args.caching_steps or (80 if q else 2_000),
+                                              seed=args.seed, d3pg={"critic": args.d3pg_critic, **({"learning_starts": 200} if q else {})},
+                                              ddqn={"learning_starts": 40} if q else None), log=log)
         out["t2drl_train_s"] = round(time.time() - t, 1)
         out["t2drl_train_cpu_s"] = round(time.process_time() - c, 1)
         plot_history(t2.ddqn.history, os.path.join(args.out, "ddqn_curve.png"), "DDQN (caching) with D3PG", x_key="episode")
@@ -114,6 +121,7 @@ def main(argv=None) -> int:
                   "oracle_d3pg": (oracle_cache(t2.allocator), t2.allocator)}
         if q:
             del combos["oracle_d3pg"]
+        users = users if q else [2, 3, 4, 5, 6]            # evaluated on these (3 and 5 not trained on)
         per = {u: {n: evaluate_caching(cenv, c, a, episodes, held, u) for n, (c, a) in combos.items()} for u in users}
         plot_vs_users({n: [per[u][n]["reward_per_request"] for u in users] for n in combos}, users,
                       os.path.join(args.out, "caching_vs_users.png"), "reward per request")
