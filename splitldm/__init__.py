@@ -19,6 +19,7 @@ from .channels import (
     real_to_complex,
 )
 from .codec import SeedCodec
+from .codec_bank import SeedCodecBank
 from .costs import (
     ES_DEFAULT,
     UE_DEFAULT,

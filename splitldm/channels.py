@@ -385,7 +385,8 @@ class Channel(LinkStage):
                 analog[name] = {"shape": list(x.shape[1:]), "dtype": str(x.dtype).removeprefix("torch.")}
                 names.append(name)
             meta["analog"] = {**meta.get("analog", {}), **analog}
-        flats = [tensors[k].reshape(tensors[k].shape[0], -1) for k in names]
+        batch = _common_batch([tensors[k].shape[0] for k in names], names)
+        flats = [_per_sample(tensors[k], batch) for k in names]
         sizes = [f.shape[1] for f in flats]
         stream = torch.cat(flats, dim=1) if len(flats) > 1 else flats[0]
         h = context.get("h")
@@ -396,7 +397,7 @@ class Channel(LinkStage):
         state = ChannelState(context["snr_db"], context["n0"], h)
         y = self.apply(stream, state, generator) if stream.shape[1] else stream  # e.g. a 0-bit digital scheme
         for k, part in zip(names, torch.split(y, sizes, dim=1)):
-            tensors[k] = part.reshape(tensors[k].shape)
+            tensors[k] = _from_per_sample(part, tensors[k].shape, batch)
         context["channel_layout"] = list(zip(names, sizes))
         return payload.replace(tensors=tensors, meta=meta)
 
@@ -409,7 +410,8 @@ class Channel(LinkStage):
             raise ValueError("context: no channel_layout; receive() must follow send() in the same context")
         tensors = dict(payload.tensors)
         names = [k for k, _ in layout]
-        flats = [tensors[k].reshape(tensors[k].shape[0], -1) for k in names]
+        batch = _common_batch([tensors[k].shape[0] for k in names], names)
+        flats = [_per_sample(tensors[k], batch) for k in names]
         stream = torch.cat(flats, dim=1) if len(flats) > 1 else flats[0]
         state = ChannelState(context["snr_db"], context["n0"], context.get("h"))
         g, a, v = self.equalizer(state, stream)
@@ -419,9 +421,9 @@ class Channel(LinkStage):
         offset = 0
         for k, n in layout:
             shape = tensors[k].shape
-            tensors[k] = z_hat[:, offset:offset + n].reshape(shape)
-            gains[k] = a_full[:, offset:offset + n].reshape(shape)
-            nvars[k] = v_full[:, offset:offset + n].reshape(shape)
+            tensors[k] = _from_per_sample(z_hat[:, offset:offset + n], shape, batch)
+            gains[k] = _from_per_sample(a_full[:, offset:offset + n], shape, batch)
+            nvars[k] = _from_per_sample(v_full[:, offset:offset + n], shape, batch)
             offset += n
         context["eq_gain"], context["eq_noise_var"] = gains, nvars
         meta = dict(payload.meta)
@@ -492,13 +494,32 @@ class RayleighFastFading(Channel):
 
 
 def _payload_batch(payload: Payload) -> tuple[int, torch.device]:
-    """Batch size and device of a payload: the leading dim of its primary (else complex) tensors."""
+    """Samples and device of a payload: the smallest leading dim ``B`` of its primary (else complex)
+    tensors. Every other leading dim must be a multiple ``m B``: rows ``i, i + B, ...`` belong to
+    sample ``i`` (classifier-free guidance stacks ``[uncond, cond]`` halves of a UNet-cut carry so)."""
     if not isinstance(payload, Payload):
         raise TypeError(f"payload: expected a Payload, got {type(payload).__name__}")
     names = list(payload.primary) or [k for k, v in payload.tensors.items() if v.is_complex()]
     if not names:
         raise ValueError("payload: no primary or complex tensors, so there is nothing to send over the channel")
-    sizes = {payload.tensors[k].shape[0] if payload.tensors[k].dim() else -1 for k in names}
-    if len(sizes) != 1 or -1 in sizes:
-        raise ValueError(f"payload: tensors {names} do not share one batch dimension ({sorted(sizes)})")
-    return sizes.pop(), payload.tensors[names[0]].device
+    sizes = [payload.tensors[k].shape[0] if payload.tensors[k].dim() else -1 for k in names]
+    return _common_batch(sizes, names), payload.tensors[names[0]].device
+
+
+def _common_batch(sizes: list[int], names: list[str]) -> int:
+    if -1 in sizes or min(sizes) < 1 or any(s % min(sizes) for s in sizes):
+        raise ValueError(f"payload: tensors {names} do not share one batch dimension ({sorted(set(sizes))}); "
+                         "each leading dim must be a multiple of the smallest")
+    return min(sizes)
+
+
+def _per_sample(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(m B, ...) -> (B, m * rest): the rows of sample i (i, i + B, ...) side by side."""
+    m = x.shape[0] // batch
+    return x.reshape(m, batch, -1).transpose(0, 1).reshape(batch, -1)
+
+
+def _from_per_sample(flat: torch.Tensor, shape, batch: int) -> torch.Tensor:
+    """Inverse of `_per_sample`: (B, m * rest) -> ``shape`` = (m B, ...)."""
+    m = shape[0] // batch
+    return flat.reshape(batch, m, -1).transpose(0, 1).reshape(shape)

@@ -59,6 +59,14 @@ def _as_snr(snr_db: float | Sequence[float] | torch.Tensor, batch: int, device) 
     return snr
 
 
+def _rows(value, rows: int):
+    """A per-sample link quantity (B, ...) repeated for ``rows = m B`` tensor rows (row i + j B is
+    sample i, as in a classifier-free-guidance carry); anything else is returned unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() and 0 < value.shape[0] < rows and rows % value.shape[0] == 0:
+        return value.repeat(rows // value.shape[0], *([1] * (value.dim() - 1)))
+    return value
+
+
 def effective_snr_db(snr_db: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
     """``snr_db + 10 log10 |h|^2`` per sample (B,), the SNR a block-fading channel really gives.
 
@@ -317,11 +325,11 @@ class SeedCodec(LinkStage, ConfigMixin):
         if snr is None:
             raise ValueError("snr_db: no SNR known to the seed codec; put a channel stage after it in the Link "
                              "(it publishes context['snr_db']) or set SeedCodec.default_snr_db")
-        return _as_snr(snr, batch, device)
+        return _as_snr(_rows(snr, batch), batch, device)
 
-    def _context_h(self, context: dict[str, Any]) -> torch.Tensor | None:
+    def _context_h(self, context: dict[str, Any], batch: int) -> torch.Tensor | None:
         h = context.get("h") if self.config.condition == "csi" else None
-        return h if isinstance(h, torch.Tensor) else None
+        return _rows(h, batch) if isinstance(h, torch.Tensor) else None
 
     def send_tensor(self, x: torch.Tensor, context: dict[str, Any], name: str = "x") -> tuple[torch.Tensor, dict]:
         """Encode one link tensor (B, C, h, w) at the link's SNR: complex64 symbols (B, k) on the CPU and
@@ -329,14 +337,14 @@ class SeedCodec(LinkStage, ConfigMixin):
         self._check_x(x, name=name)
         with torch.no_grad():
             snr = self._link_snr(context, x.shape[0], x.device)
-            y = self.encode(x, snr, h=self._context_h(context)).to(torch.complex64).cpu()
+            y = self.encode(x, snr, h=self._context_h(context, x.shape[0])).to(torch.complex64).cpu()
         return y, {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
 
     def receive_tensor(self, y: torch.Tensor, info: dict, context: dict[str, Any]) -> torch.Tensor:
         """Decode symbols from `send_tensor` back to a feature of the recorded shape and dtype."""
         with torch.no_grad():
             snr = self._link_snr(context, y.shape[0], y.device)
-            x_hat = self.decode(y, snr, shape=info["shape"][1:], h=self._context_h(context))
+            x_hat = self.decode(y, snr, shape=info["shape"][1:], h=self._context_h(context, y.shape[0]))
         return x_hat.to(getattr(torch, info["dtype"]))
 
     def send(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:

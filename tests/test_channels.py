@@ -222,6 +222,24 @@ def test_link_context_publishes_snr_and_gains():
     assert ctx["snr_db"].tolist() == [3.0, 4.0]
 
 
+def test_multi_row_tensors_group_by_sample():
+    """A (2B, ...) tensor next to a (B, ...) one (a guided UNet-cut carry): rows i and i + B are
+    sample i's, so they get sample i's SNR and block gain; shapes and gains come back row-aligned."""
+    lat = normalize_power(torch.randn(2, 16, dtype=torch.complex64, generator=gen(30)))
+    carry = normalize_power(torch.randn(4, 16, dtype=torch.complex64, generator=gen(31)))
+    p = Payload({"lat": lat, "carry": carry}, primary=("lat", "carry"))
+    ctx = {}
+    out = Link([RayleighBlockFading(snr_db=torch.tensor([0.0, 40.0]), csi="none")])(p, generator=gen(32), context=ctx)
+    assert ctx["h"].shape == (2, 1) and out.tensors["carry"].shape == (4, 16)
+    h = ctx["h"][:, 0]
+    for row, sample in ((0, 0), (1, 1), (2, 0), (3, 1)):  # csi none: y = h z + n
+        resid = out.tensors["carry"][row] - h[sample] * carry[row]
+        assert (resid.abs().square().mean() < 0.05) == (sample == 1)  # 40 dB vs 0 dB noise
+    assert ctx["eq_gain"]["carry"].shape == (4, 16)
+    with pytest.raises(ValueError, match="batch dimension"):
+        Link([AWGN(10.0)])(Payload({"a": lat, "b": carry[:3]}, primary=("a", "b")), generator=gen(0))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 40.5, -20.5, torch.tensor([0.0, float("nan")]),
                                  (10.0, 50.0), (5.0, 1.0), (1.0,)])
 def test_bad_snr_raises_naming_snr_db(bad):

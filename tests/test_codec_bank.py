@@ -22,7 +22,7 @@ SMALL = dict(rho=0.125, hidden_channels=8, num_blocks=1)
 @pytest.fixture(scope="module")
 def cut_payload(tiny_pipe):
     split = SplitPipeline(tiny_pipe, split_step=1, split_stage=STAGE)
-    # guidance 1: every primary tensor has one row per image (channel stages need one batch dimension)
+    # guidance 1: one row per image in every tensor (guided carries: test_guided_cut_carry_...)
     return split.edge(["a red circle", "a blue square"], num_inference_steps=2, guidance_scale=1.0,
                       generator=torch.Generator().manual_seed(0))
 
@@ -56,6 +56,28 @@ def test_split_pipeline_end_to_end(tiny_pipe, cut_payload):
                 generator=torch.Generator().manual_seed(0), link_generator=torch.Generator().manual_seed(2))
     assert out.images.shape == (2, 3, 64, 64) and torch.isfinite(out.images).all()
     assert out.link["channel_uses"] == sum(2 * k for k in bank.num_symbols().values())
+
+
+@pytest.mark.parametrize("fading", ["awgn", "rayleigh"])
+def test_guided_cut_carry_crosses_codec_and_channel(tiny_pipe, fading):
+    """With guidance the carry holds [uncond, cond] rows (2B) next to B latents: rows i and i + B are
+    sample i's, so they share its SNR and fading gain; the split still finishes."""
+    from splitldm.channels import RayleighBlockFading
+
+    split = SplitPipeline(tiny_pipe, split_step=1, split_stage=STAGE)
+    kw = dict(num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    payload = split.edge(["a red circle", "a blue square"], **kw)
+    rows = {payload.tensors[n].shape[0] for n in payload.primary}
+    assert rows == {2, 4}
+    bank = SeedCodecBank.for_payload(payload, **SMALL)
+    channel = AWGN(snr_db=[0.0, 30.0]) if fading == "awgn" else RayleighBlockFading(snr_db=30.0)
+    link = Link([bank, channel])
+    received = link(payload, generator=torch.Generator().manual_seed(1))
+    for name in payload.primary:
+        assert received.tensors[name].shape == payload.tensors[name].shape
+    split = SplitPipeline(tiny_pipe, split_step=1, split_stage=STAGE, link=link)
+    out = split(["a red circle", "a blue square"], output_type="pt", link_generator=torch.Generator().manual_seed(2), **kw)
+    assert out.images.shape == (2, 3, 64, 64) and torch.isfinite(out.images).all()
 
 
 def test_errors(cut_payload):
