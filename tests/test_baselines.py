@@ -1,13 +1,15 @@
-"""Analog (LMMSE) and digital (quantise + CRC + 5G LDPC + QAM) baselines as Link stages."""
+"""Analog (LMMSE) and digital (transform coding / quantise + 5G LDPC + QAM) baselines as Link stages."""
 
 import math
 
 import pytest
 import torch
 
-from splitldm.baselines import (AWGN_BLER10_SNR_DB, MCS_TABLE, AnalogLink, DigitalConfig, DigitalLink,
-                                best_digital_config, measure_bler)
+from splitldm.baselines import (_DCT, DIGITAL_WATERFALL_DB, AnalogLink, DigitalConfig, DigitalLink, allocate_bits,
+                                best_digital_config, budget_codes, digital_candidates, gaussian_uniform_quantizer,
+                                measure_bler)
 from splitldm.channels import AWGN, RayleighBlockFading, RayleighFastFading
+from splitldm.limits import latent_covariance
 from splitldm.link import Link
 from splitldm.payload import Payload
 
@@ -106,38 +108,98 @@ def test_digital_deterministic_with_generator():
     assert torch.equal(*runs)
 
 
-TABLE = {(1 / 3, 2): -1.0, (1 / 2, 2): 1.0, (1 / 2, 4): 6.5, (3 / 4, 6): 14.5, (5 / 6, 8): 22.0}
+def correlated_latents(num=300, shape=(4, 8, 8), seed=0):
+    """Spatially smooth, channel-correlated latents with a non-zero mean (like VAE latents)."""
+    g = gen(seed)
+    c, h, w = shape
+    coarse = torch.randn(num, c, max(1, h // 4), max(1, w // 4), generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    mix = torch.eye(c) + 0.5 * torch.randn(c, c, generator=g)
+    return torch.einsum("dc,nchw->ndhw", mix, smooth) + 0.1 * torch.randn(num, c, h, w, generator=g) + 0.3
 
 
-def test_best_digital_config_rule():
-    n, budget = 1024, 1024  # rho = 1 complex use per value
-    cfgs = {s: best_digital_config(s, budget, n, thresholds=TABLE) for s in (-5, 0, 5, 10, 20, 30)}
-    assert cfgs[-5].bits_per_value == 0
-    bits = [cfgs[s].bits_per_value for s in sorted(cfgs)]
-    assert bits == sorted(bits) and bits[-1] > bits[1]
-    for s, cfg in cfgs.items():
-        assert cfg.channel_uses(n) <= budget
-        if cfg.bits_per_value:
-            assert TABLE[(cfg.code_rate, cfg.bits_per_symbol)] <= s
-    # at 10 dB only rates with threshold <= 10 dB: 16-QAM 1/2 -> 464 * 4 / 960 = 1.93 bits per use -> 1 bit
-    assert (cfgs[10].code_rate, cfgs[10].bits_per_symbol, cfgs[10].bits_per_value) == (0.5, 4, 1)
-    # a Rayleigh block channel needs ~9.8 dB more for the same scheme
-    assert best_digital_config(10, budget, n, thresholds=TABLE, channel="rayleigh-block").bits_per_value \
-        < cfgs[20].bits_per_value
-    assert best_digital_config(20, budget, n, thresholds=TABLE, margin_db=3.0).bits_per_value <= cfgs[20].bits_per_value
+def test_gaussian_quantizer_matches_max_table():
+    # MSE-optimal uniform quantisers for a unit Gaussian (Max 1960 / Hui & Neuhoff 2001)
+    for b, step, mse in [(1, 1.596, 0.3634), (2, 0.9957, 0.1188), (3, 0.5860, 0.03744), (4, 0.3352, 0.01154)]:
+        s, d = gaussian_uniform_quantizer(b)
+        assert s == pytest.approx(step, abs=2e-3) and d == pytest.approx(mse, rel=1e-2)
+    assert gaussian_uniform_quantizer(0)[1] == 1.0
 
 
-@pytest.mark.skipif(not AWGN_BLER10_SNR_DB, reason="MCS threshold table not measured yet")
-def test_measured_table_and_cliff():
-    assert set(AWGN_BLER10_SNR_DB) == set(MCS_TABLE)
-    for m in (2, 4, 6, 8):  # higher code rate needs more SNR
-        thr = [AWGN_BLER10_SNR_DB[(r, m)] for r in sorted({r for r, mm in MCS_TABLE if mm == m})]
-        assert thr == sorted(thr)
-    cfg = best_digital_config(8.0, 1024, 1024)  # rho = 1: 16-QAM rate 1/2 carries 1 bit per value
-    assert cfg.bits_per_value >= 1
-    thr = AWGN_BLER10_SNR_DB[(cfg.code_rate, cfg.bits_per_symbol)]
-    assert measure_bler(cfg, thr + 1.0, num_codewords=40, generator=gen(11)) <= 0.2  # works at design SNR
-    assert measure_bler(cfg, thr - 3.0, num_codewords=40, generator=gen(11)) >= 0.9  # the cliff
+def test_bit_allocation_is_reverse_water_filling():
+    lam = torch.tensor([16.0, 4.0, 1.0, 0.25, 0.01])
+    alloc = allocate_bits(lam, 8)
+    assert sum(alloc) == 8 and list(alloc) == sorted(alloc, reverse=True)
+    assert alloc[0] > alloc[2] > 0 and len(alloc) <= 4  # more bits for more variance; 0.01 gets none
+    assert allocate_bits(lam, 0) == () and len(allocate_bits(lam, 1000, max_bits=3)) == 5
+
+
+def test_budget_codes_fit_the_budget():
+    codes = budget_codes(32)  # the seed codec's 32 complex uses for a 4x8x8 latent
+    assert {m for m, *_ in codes} == {2, 4, 6, 8}
+    for m, k, n, c in codes:
+        assert c * n // m <= 32 and n % m == 0 and 12 <= k and 0.2 <= k / n <= 0.95
+    assert (2, 13, 64, 1) in codes  # QPSK, rate 1/5: the most robust
+    assert budget_codes(1) == [] and {m for m, *_ in budget_codes(2)} == {8}  # 2 uses of 256-QAM: k = 12 of 16
+    assert all(c == 2 for *_, c in budget_codes(2000, bits_per_symbol=(8,)))  # 16000 coded bits: 2 codewords
+
+
+@pytest.mark.parametrize("with_cov", [True, False])
+def test_transform_coding_round_trip_at_32_uses(with_cov):
+    lat = correlated_latents()
+    cov = latent_covariance(lat[:200], mode="full") if with_cov else None
+    x = lat[200:204]
+    p = Payload({"latents": x, "t": torch.tensor([7])}, meta={"step": 3}, primary=("latents",))
+    lam = cov.eigenvalues if with_cov else _DCT((4, 8, 8)).prior
+    alloc = allocate_bits(lam, 58)
+    cfg = DigitalConfig(max(alloc), 58 / 64, 2, 64, allocation=alloc, crc=None)
+    assert cfg.num_components == len(alloc) and cfg.channel_uses(256) == 32
+    link = DigitalLink(config=cfg, covariance=cov)
+    ctx = {}
+    out = Link([link, AWGN(30.0)])(p, generator=gen(1), context=ctx)
+    assert ctx["digital"] == {"codewords": 4, "codeword_errors": 0, "values_erased": 0}
+    assert Link.summary(out)["channel_uses"] == 4 * 32
+    q = link.quantized(x)
+    assert torch.equal(out.tensors["latents"], q)  # the quantised latent, exactly
+    assert torch.equal(out.tensors["t"], p.tensors["t"]) and out.meta == {"step": 3}
+    mean = cov.mean.reshape(1, 4, 8, 8).float().expand_as(x) if with_cov \
+        else x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    assert (q - x).square().mean() < 0.5 * (mean - x).square().mean()  # 58 bits spent well
+    # very low SNR: every codeword fails its syndrome check -> everything falls back to the mean
+    ctx = {}
+    out = Link([link, AWGN(-15.0)])(p, generator=gen(2), context=ctx)
+    assert ctx["digital"]["codeword_errors"] == ctx["digital"]["codewords"] == 4
+    torch.testing.assert_close(out.tensors["latents"], mean)
+    runs = [Link([link, AWGN(2.0)])(p, generator=gen(3)).tensors["latents"] for _ in range(2)]
+    assert torch.equal(*runs)
+
+
+@pytest.mark.skipif(not DIGITAL_WATERFALL_DB, reason="waterfall table not measured yet")
+def test_best_digital_config_at_the_default_budget():
+    lat = correlated_latents()
+    cov = latent_covariance(lat, mode="full")
+    cands = {s: digital_candidates(s, 32, 256, covariance=cov) for s in (-15, -5, 0, 5, 10, 20, 30)}
+    cfgs = {s: c[0]["config"] for s, c in cands.items()}
+    d0 = float(cov.eigenvalues.mean())
+    assert cands[-15][0]["expected_mse"] > 0.99 * d0 and cands[-15][0]["bler"] > 0.99  # nothing gets through
+    assert best_digital_config(10, 1, 256, covariance=cov).bits_per_value == 0  # no code fits 1 use: send nothing
+    for s in (0, 5, 10, 20, 30):
+        assert cfgs[s].bits_per_value > 0 and 0 < cfgs[s].channel_uses(256) <= 32
+        assert cfgs[s] == best_digital_config(s, 32, 256, covariance=cov)
+    exp = [cands[s][0]["expected_mse"] for s in sorted(cands)]
+    assert exp == sorted(exp, reverse=True) and exp[-1] < 0.2 * exp[0]
+    bits = [cfgs[s].source_bits(256) for s in sorted(cfgs)]
+    assert bits == sorted(bits) and bits[-1] > 2 * bits[3]
+    # one fade per latent costs SNR: fewer bits at the same SNR; the DCT fallback also finds a scheme
+    ray = best_digital_config(10, 32, 256, covariance=cov, channel="rayleigh-block")
+    assert 0 < ray.source_bits(256) < cfgs[10].source_bits(256)
+    assert best_digital_config(10, 32, 256).bits_per_value > 0
+    # the cliff: the 10 dB design works there and collapses a few dB below
+    cfg = cfgs[10]
+    s90, s10 = DIGITAL_WATERFALL_DB[(cfg.bits_per_symbol, cfg.info_bits, cfg.codeword_bits)]
+    assert s10 <= 10.0 and s10 - s90 < 4.0
+    assert measure_bler(cfg, 10.0, num_codewords=40, generator=gen(11)) <= 0.1
+    assert measure_bler(cfg, s90 - 1.0, num_codewords=40, generator=gen(11)) >= 0.9
 
 
 def test_bad_inputs():
@@ -153,14 +215,38 @@ def test_bad_inputs():
         DigitalLink(num_iter=0)
     with pytest.raises(TypeError, match="config"):
         DigitalLink(config=(4, 0.5, 4))
+    with pytest.raises(ValueError, match="crc"):
+        DigitalConfig(4, crc="CRC7")
+    with pytest.raises(ValueError, match="code_rate"):  # k = 11 < 12: below Sionna's 5G LDPC limits
+        DigitalConfig(4, code_rate=11 / 64, bits_per_symbol=2, codeword_bits=64, crc=None)
+    with pytest.raises(ValueError, match="allocation"):
+        DigitalConfig(3, allocation=(2, 1))
+    with pytest.raises(ValueError, match="num_components"):
+        DigitalConfig(2, num_components=0)
     with pytest.raises(ValueError, match="snr_db"):
-        best_digital_config(float("nan"), 100, 10, thresholds=TABLE)
+        best_digital_config(float("nan"), 100, 10)
     with pytest.raises(ValueError, match="channel_uses_budget"):
-        best_digital_config(10.0, -1, 10, thresholds=TABLE)
+        best_digital_config(10.0, -1, 10)
     with pytest.raises(ValueError, match="n_values"):
-        best_digital_config(10.0, 100, 0, thresholds=TABLE)
+        best_digital_config(10.0, 100, 0)
     with pytest.raises(ValueError, match="channel"):
-        best_digital_config(10.0, 100, 10, thresholds=TABLE, channel="rician")
+        best_digital_config(10.0, 100, 10, channel="rician")
+    with pytest.raises(ValueError, match="covariance"):
+        best_digital_config(10.0, 32, 10, covariance=torch.ones(7))
+    with pytest.raises(ValueError, match="margin_db"):
+        best_digital_config(10.0, 32, 10, margin_db=float("inf"))
+    with pytest.raises(ValueError, match="max_bits_per_value"):
+        best_digital_config(10.0, 32, 10, max_bits_per_value=0)
+    lat = correlated_latents(num=20, shape=(2, 2, 2))
+    with pytest.raises(ValueError, match="covariance"):
+        DigitalLink(covariance=latent_covariance(lat, mode="channel"))
+    link = DigitalLink(config=DigitalConfig(2, 0.5, 2, 64, num_components=4, crc=None),
+                       covariance=latent_covariance(lat, mode="full"))
+    with pytest.raises(ValueError, match="covariance"):  # 8 values described, 16 sent
+        Link([link, AWGN(10.0)])(Payload({"v": torch.randn(2, 4, 2, 2)}, primary=("v",)), generator=gen(0))
+    with pytest.raises(ValueError, match="num_components"):
+        Link([DigitalLink(config=DigitalConfig(2, 0.5, 2, 64, num_components=9, crc=None)), AWGN(10.0)])(
+            Payload({"v": torch.randn(2, 2, 2, 2)}, primary=("v",)), generator=gen(0))
     _, p = latent_payload(batch=1, shape=(2, 2, 2))
     with pytest.raises(ValueError, match="context"):
         Link([AnalogLink()])(p, generator=gen(0))  # no channel after the analog stage
