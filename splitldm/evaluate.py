@@ -313,7 +313,7 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                                variance))
                 if "digital" in cfg.schemes and digital_ok:
                     try:
-                        dcfg = best_digital_config(snr, k, n_values,
+                        dcfg = best_digital_config(snr, k, n_values, covariance=cov,
                                                    channel="awgn" if channel == "awgn" else "rayleigh-block")
                     except ValueError as exc:  # no measured MCS thresholds in this install
                         digital_ok = False
@@ -321,12 +321,13 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                         say(f"  digital skipped: {exc}")
                         continue
                     info = {"bits_per_value": dcfg.bits_per_value, "code_rate": dcfg.code_rate,
-                            "bits_per_symbol": dcfg.bits_per_symbol}
+                            "bits_per_symbol": dcfg.bits_per_symbol, "num_components": dcfg.num_components,
+                            "codeword_bits": dcfg.codeword_bits}
                     if dcfg.bits_per_value == 0:  # no scheme fits the budget: nothing sent, receiver uses the mean
                         row = _point(bench, lambda: [_Separation(0)], snr, 1, seed, variance)
                         row["channel_uses"] = 0
                     else:
-                        row = _point(bench, lambda: [DigitalLink(config=dcfg), make_channel(channel, cfg.csi)], snr,
+                        row = _point(bench, lambda: [DigitalLink(config=dcfg, covariance=cov), make_channel(channel, cfg.csi)], snr,
                                      cfg.repeats, seed, variance)
                     add("digital", channel, rho, snr, row, config=info)
                 if "separation" in cfg.schemes:
