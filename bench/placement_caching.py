@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         out["placement_train_users"] = users
         t, c = time.time(), time.process_time()
         # per-action head over the env's one-step lookahead features (configs/rl/d3ql.yaml does the same)
-        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (1_000 if q else 10_000),
+        agent = D3QL.train_on(env, D3QLConfig(total_steps=args.d3ql_steps or (800 if q else 10_000),
                                               learning_starts=200 if q else 1_000, per_action_features=not args.d3ql_flat_head,
                                               seed=args.seed, **({} if args.d3ql_gamma is None else {"gamma": args.d3ql_gamma})), log=log)
         out["d3ql_train_s"] = round(time.time() - t, 1)
@@ -108,10 +108,10 @@ def main(argv=None) -> int:
         cenv = ModelCaching(num_users=users, frames_per_episode=5 if q else 20)
         out["caching_train_users"] = users
         t, c = time.time(), time.process_time()
-        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (600 if q else 8_000),
-                                              caching_steps=args.caching_steps or (80 if q else 2_000),
+        t2 = T2DRL.train_on(cenv, T2DRLConfig(total_steps=args.d3pg_steps or (500 if q else 8_000),
+                                              caching_steps=args.caching_steps or (60 if q else 2_000),
                                               seed=args.seed, d3pg={"critic": args.d3pg_critic, **({"learning_starts": 200} if q else {})},
-                                              ddqn={"learning_starts": 40} if q else None), log=log)
+                                              ddqn={"learning_starts": 30} if q else None), log=log)
         out["t2drl_train_s"] = round(time.time() - t, 1)
         out["t2drl_train_cpu_s"] = round(time.process_time() - c, 1)
         plot_history(t2.ddqn.history, os.path.join(args.out, "ddqn_curve.png"), "DDQN (caching) with D3PG", x_key="episode")
