@@ -36,14 +36,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from splitldm.baselines import DigitalLink, best_digital_config  # noqa: E402
-from splitldm.codec import SeedCodec  # noqa: E402
-from splitldm.data import prompts_for, render_batch  # noqa: E402
-from splitldm.evaluate import make_channel  # noqa: E402
-from splitldm.limits import latent_covariance, reverse_water_filling  # noqa: E402
-from splitldm.link import Link  # noqa: E402
-from splitldm.models import load_pipeline  # noqa: E402
-from splitldm.payload import Payload  # noqa: E402
+from splitldm.link.digital import DigitalLink, best_digital_config  # noqa: E402
+from splitldm.link.codec import SeedCodec  # noqa: E402
+from splitldm.eval.data import prompts_for, render_batch  # noqa: E402
+from splitldm.eval.evaluate import make_channel  # noqa: E402
+from splitldm.analysis.limits import latent_covariance, reverse_water_filling  # noqa: E402
+from splitldm.link.stack import Link  # noqa: E402
+from splitldm.zoo import checkpoints_dir  # noqa: E402
+from splitldm.pipeline.models import load_pipeline  # noqa: E402
+from splitldm.link.payload import Payload  # noqa: E402
 
 
 def held_out_latents(pipe, num: int, split_step: int, steps: int, guidance: float, seed: int,
@@ -53,7 +54,7 @@ def held_out_latents(pipe, num: int, split_step: int, steps: int, guidance: floa
     ``proxy``: the step-k set is forward-noised held-out VAE latents (``noised_step<k>``) instead of
     the pipeline's own trajectory (for a pipeline whose UNet is not trained yet).
     """
-    from training.codec import noised_latents, trajectory_latents, vae_latents
+    from splitldm.recipes.codec import noised_latents, trajectory_latents, vae_latents
 
     images, _, _ = render_batch(range(num), split="test", seed=seed)
     out = {"vae": vae_latents(pipe, images)}
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="64 latents per set, 1 realisation (< 1 min)")
     ap.add_argument("--pipeline", default="tiny")
-    ap.add_argument("--codec", default=str(ROOT / "checkpoints" / "seed-codec"))
+    ap.add_argument("--codec", default=str(checkpoints_dir() / "seed-codec"))
     ap.add_argument("--snr-db", type=float, nargs="+", default=[-5.0, 0.0, 5.0, 10.0, 15.0, 20.0])
     ap.add_argument("--split-step", type=int, default=4)
     ap.add_argument("--steps", type=int, default=8)

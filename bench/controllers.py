@@ -34,12 +34,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="no measured quality table")
-    from splitldm.costs import download_cost, split_cost
-    from splitldm.rl.baselines import equal_power, evaluate, oracle_index, oracle_power, oracle_rates, water_filling
-    from splitldm.rl.cvpo import CVPO, CVPOConfig
-    from splitldm.rl.envs import MEGRates, SeedPower
-    from splitldm.rl.ppo import PPO, PPOConfig
-    from splitldm.rl.ppo_lagrangian import PPOLagConfig, PPOLagrangian
+    from splitldm.analysis.costs import download_cost, split_cost
+    from splitldm.rl.oracles.meg import equal_power, evaluate, oracle_index, oracle_power, oracle_rates, water_filling
+    from splitldm.rl.agents.cvpo import CVPO, CVPOConfig
+    from splitldm.rl.envs.meg import MEGRates, SeedPower
+    from splitldm.rl.agents.ppo import PPO, PPOConfig
+    from splitldm.rl.agents.ppo_lagrangian import PPOLagConfig, PPOLagrangian
 
     q = args.quick
     episodes = args.episodes or (4 if q else 20)

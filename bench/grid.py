@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from splitldm.data import render_batch  # noqa: E402
-from splitldm.models import load_pipeline  # noqa: E402
+from splitldm.eval.data import render_batch  # noqa: E402
+from splitldm.pipeline.models import load_pipeline  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
     python bench/merging.py             # 64x64 latent, 7 repeats
 
 Part 1 (speed): a mid-size SD-architecture UNet (random weights; block_out_channels (128, 256, 256),
-cross-attention at the two highest resolutions) is run unpatched, with `splitldm.merging.apply_patch`
+cross-attention at the two highest resolutions) is run unpatched, with `splitldm.tome.apply_patch`
 and with ``tomesd.apply_patch``, same settings for both (max_downsample=1, sx=sy=2, use_rand=False,
 self-attention only), one CPU thread. Timings are interleaved per repeat (base, ours, tomesd for
 each ratio) in process CPU seconds (the machine is shared: wall time would measure the neighbours)
@@ -32,7 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from splitldm.merging import TokenMerge, apply_patch, remove_patch  # noqa: E402
+from splitldm.link.merge import TokenMerge  # noqa: E402
+from splitldm.tome import apply_patch, remove_patch  # noqa: E402
+from splitldm.zoo import checkpoints_dir  # noqa: E402
 
 
 def build_unet(seed: int = 0):
@@ -106,9 +108,9 @@ def bench_speed(latent: int, ratios, repeats: int, batch: int = 1) -> dict:
 
 @torch.no_grad()
 def bench_link(ratios, num_images: int) -> dict:
-    from splitldm.data import render_batch
-    from splitldm.models import load_pipeline
-    from splitldm.payload import Payload
+    from splitldm.eval.data import render_batch
+    from splitldm.pipeline.models import load_pipeline
+    from splitldm.link.payload import Payload
 
     try:
         pipe, source = load_pipeline("tiny"), "tiny"
@@ -116,10 +118,10 @@ def bench_link(ratios, num_images: int) -> dict:
         pipe, source = load_pipeline("tiny-random"), "tiny-random"
     vae = pipe.vae.eval()
     decoders = {"stock": vae}
-    ft_dir = Path(__file__).resolve().parent.parent / "checkpoints" / "merge-decoder"
+    ft_dir = checkpoints_dir() / "merge-decoder"
     if (ft_dir / "decoder.safetensors").exists():
         sys.path.insert(0, str(ft_dir.parent.parent))
-        from training.merge_decoder import load_merge_decoder
+        from splitldm.recipes.merge_decoder import load_merge_decoder
 
         decoders["merge-aware"] = load_merge_decoder(vae, ft_dir)
     images, _, _ = render_batch(range(num_images), split="test")

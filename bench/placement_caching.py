@@ -44,17 +44,17 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="no measured quality table")
-    from splitldm.rl.caching import (
+    from splitldm.rl.envs.caching import (
         ModelCaching, ResourceAllocation, equal_allocation, evaluate_allocation, evaluate_caching, lfu_cache,
         optimal_allocation, oracle_cache,
     )
-    from splitldm.rl.d3ql import D3QL, D3QLConfig
-    from splitldm.rl.evaluation_users import plot_vs_users
-    from splitldm.rl.placement import ChainPlacement
-    from splitldm.rl.placement_baselines import (
+    from splitldm.rl.agents.d3ql import D3QL, D3QLConfig
+    from splitldm.rl.evaluate import plot_vs_users
+    from splitldm.rl.envs.placement import ChainPlacement
+    from splitldm.rl.oracles.placement import (
         evaluate_placement, exhaustive_optimum, fixed_chain, greedy_placement, monolithic,
     )
-    from splitldm.rl.t2drl import T2DRL, T2DRLConfig
+    from splitldm.rl.agents.t2drl import T2DRL, T2DRLConfig
     from splitldm.rl.train import plot_history
 
     q = args.quick

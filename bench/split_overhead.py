@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from splitldm import Link, SplitPipeline, load_pipeline
-from splitldm.link import SerializeBytes
+from splitldm.link.stack import SerializeBytes
 
 
 def _pipeline(name: str):

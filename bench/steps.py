@@ -1,6 +1,6 @@
 """Quality and wall time versus number of sampling steps: teacher (DDIM) and LCM student.
 
-For each configuration, generates one image per held-out prompt (``splitldm.data.prompts_for``,
+For each configuration, generates one image per held-out prompt (``splitldm.eval.data.prompts_for``,
 split ``test``) and reports prompt adherence (attribute classifier), classifier-FID against
 held-out real images (never Inception FID), and wall time per image. The last line printed is
 one JSON object with all numbers.
@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from splitldm.data import prompts_for, render_batch  # noqa: E402
-from splitldm.metrics import ClassifierFeatures, frechet_distance, load_classifier, prompt_adherence  # noqa: E402
-from splitldm.models import load_pipeline  # noqa: E402
+from splitldm.eval.data import prompts_for, render_batch  # noqa: E402
+from splitldm.eval.metrics import ClassifierFeatures, frechet_distance, load_classifier, prompt_adherence  # noqa: E402
+from splitldm.pipeline.models import load_pipeline  # noqa: E402
 
 
 @torch.no_grad()

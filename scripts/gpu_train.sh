@@ -18,11 +18,11 @@ logs() { if [ -n "$OUT" ]; then tar -cf "$OUT/logs.tar" --exclude='*.ckpt' --exc
 for stage in $STAGES; do
   t0=$(date +%s)
   case $stage in
-    vae) $PY -m training.vae fit --config configs/gpu/vae.yaml "$@" && save vae runs/gpu/vae/export ;;
-    ldm) $PY -m training.ldm fit --config configs/gpu/ldm.yaml "$@" && save tiny runs/gpu/ldm/export ;;
-    lcm) $PY -m training.lcm fit --config configs/gpu/lcm.yaml "$@" && save tiny-lcm runs/gpu/lcm/export ;;
-    codec) $PY -m training.codec fit --config configs/gpu/codec.yaml ${CODEC_ARGS:-} "$@" && save seed-codec runs/gpu/codec/export ;;
-    merge) $PY -m training.merge_decoder fit --config configs/gpu/merge_decoder.yaml "$@" && save merge-decoder runs/gpu/merge_decoder/export ;;
+    vae) $PY -m splitldm.recipes.vae fit --config configs/gpu/vae.yaml "$@" && save vae runs/gpu/vae/export ;;
+    ldm) $PY -m splitldm.recipes.ldm fit --config configs/gpu/ldm.yaml "$@" && save tiny runs/gpu/ldm/export ;;
+    lcm) $PY -m splitldm.recipes.lcm fit --config configs/gpu/lcm.yaml "$@" && save tiny-lcm runs/gpu/lcm/export ;;
+    codec) $PY -m splitldm.recipes.codec fit --config configs/gpu/codec.yaml ${CODEC_ARGS:-} "$@" && save seed-codec runs/gpu/codec/export ;;
+    merge) $PY -m splitldm.recipes.merge_decoder fit --config configs/gpu/merge_decoder.yaml "$@" && save merge-decoder runs/gpu/merge_decoder/export ;;
     eval) $PY bench/steps.py --device ${EVAL_DEVICE:-cuda} --num ${EVAL_NUM:-256} --num-real 512 \
             --teacher runs/gpu/ldm/export --student runs/gpu/lcm/export --teacher-steps 1,2,4,8,25 \
             --student-steps 1,2,4,8 --threads 4 | tee runs/gpu/steps.txt ;;

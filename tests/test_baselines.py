@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
-from splitldm.baselines import (_DCT, DIGITAL_WATERFALL_DB, AnalogLink, DigitalConfig, DigitalLink, allocate_bits,
+from splitldm.link.analog import AnalogLink
+from splitldm.link.digital import (_DCT, DIGITAL_WATERFALL_DB, DigitalConfig, DigitalLink, allocate_bits,
                                 best_digital_config, budget_codes, digital_candidates, gaussian_uniform_quantizer,
                                 measure_bler)
-from splitldm.channels import AWGN, RayleighBlockFading, RayleighFastFading
-from splitldm.limits import latent_covariance
-from splitldm.link import Link
-from splitldm.payload import Payload
+from splitldm.link.channels import AWGN, RayleighBlockFading, RayleighFastFading
+from splitldm.analysis.limits import latent_covariance
+from splitldm.link.stack import Link
+from splitldm.link.payload import Payload
 
 
 def gen(seed=0):

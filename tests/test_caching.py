@@ -7,14 +7,14 @@ import torch
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 
-from splitldm.costs import ModelFlops
-from splitldm.rl.caching import (
+from splitldm.analysis.costs import ModelFlops
+from splitldm.rl.envs.caching import (
     GenModel, ModelCaching, ResourceAllocation, _compositions, default_catalog, equal_allocation,
     evaluate_caching, frame_value, lfu_cache, optimal_allocation, oracle_cache,
 )
-from splitldm.rl.d3pg import D3PG, D3PGConfig, DiffusionActor
-from splitldm.rl.ddqn import DDQN, DDQNConfig
-from splitldm.rl.t2drl import T2DRL, T2DRLConfig
+from splitldm.rl.agents.d3pg import D3PG, D3PGConfig, DiffusionActor
+from splitldm.rl.agents.ddqn import DDQN, DDQNConfig
+from splitldm.rl.agents.t2drl import T2DRL, T2DRLConfig
 
 # Counted FLOPs and fp16 weights of the catalogue written out, so these tests count nothing.
 TINY = ModelFlops("tiny", 5.09e7, 2.2e6, 1.7e8, (4, 8, 8), (3, 64, 64))
@@ -155,7 +155,7 @@ def test_d3pg_learns_and_round_trip(tmp_path):
 
 
 def test_x0_actor_starts_at_equal_shares_and_user_critic():
-    from splitldm.rl.d3pg import UserCritic
+    from splitldm.rl.agents.d3pg import UserCritic
 
     torch.manual_seed(0)
     actor = DiffusionActor(obs_dim=12, n_users=3, steps=5, predict_x0=True)

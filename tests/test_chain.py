@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from splitldm import UNetChain, build_unet
-from splitldm.chain import Carry, format_cut_table
+from splitldm.pipeline.chain import Carry, format_cut_table
 
 
 def _inputs(batch=2, text_len=16, dim=64, size=8):

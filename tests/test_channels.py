@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from splitldm.channels import (AWGN, CSI_MODES, RayleighBlockFading, RayleighFastFading, complex_to_real,
+from splitldm.link.channels import (AWGN, CSI_MODES, RayleighBlockFading, RayleighFastFading, complex_to_real,
                                normalize_power, real_to_complex, resolve_snr_db)
-from splitldm.link import Link
-from splitldm.payload import Payload
+from splitldm.link.stack import Link
+from splitldm.link.payload import Payload
 
 N_SYM = 1 << 20  # noise-power estimate has relative std 1/sqrt(N) = 0.1 % = 0.004 dB; tolerance is 0.05 dB
 TOL_DB = 0.05

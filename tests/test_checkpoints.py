@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-from splitldm.metrics import load_classifier, prompt_adherence
-from splitldm.models import checkpoints_dir, load_pipeline
+from splitldm.eval.metrics import load_classifier, prompt_adherence
+from splitldm.pipeline.models import load_pipeline
+from splitldm.zoo import checkpoints_dir
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_shipped_student_generates_in_one_step():
 
 def test_shipped_teacher_and_student_follow_their_prompts(tiny):
     """Measured on 256 held-out prompts: teacher 97% at 8 DDIM steps, student 94% at 4 LCM steps."""
-    from splitldm.data import prompts_for
+    from splitldm.eval.data import prompts_for
 
     prompts = prompts_for(16, "test", seed=0)
     clf = load_classifier()
@@ -47,8 +48,8 @@ def test_shipped_teacher_and_student_follow_their_prompts(tiny):
 
 
 def test_shipped_merge_decoder_beats_the_stock_decoder_on_merged_latents(tiny):
-    from splitldm.data import render_batch
-    from training.merge_decoder import load_merge_decoder, psnr_table
+    from splitldm.eval.data import render_batch
+    from splitldm.recipes.merge_decoder import load_merge_decoder, psnr_table
 
     images = render_batch(range(16), split="test")[0]
     tuned = load_merge_decoder(tiny.vae, checkpoints_dir() / "merge-decoder")
@@ -109,7 +110,7 @@ def test_out_of_vocabulary_prompts_use_word_pieces_and_unknown_token(tiny):
 
 
 def test_empty_prompt_lists_raise_value_error(tiny):
-    from splitldm.sampling import make_settings
+    from splitldm.pipeline.sampling import make_settings
 
     with pytest.raises(ValueError, match="prompt"):
         make_settings(tiny, [])
@@ -120,6 +121,6 @@ def test_empty_prompt_lists_raise_value_error(tiny):
 def test_readmes_record_command_and_figures():
     for name in ("tiny", "tiny-lcm", "classifier", "seed-codec", "merge-decoder"):
         text = (checkpoints_dir() / name / "README.md").read_text()
-        assert "python -m training." in text
+        assert "python -m splitldm.recipes." in text
     cfg = json.loads((checkpoints_dir() / "tiny" / "unet" / "config.json").read_text())
     assert cfg["in_channels"] == 4 and cfg["cross_attention_dim"] == 64

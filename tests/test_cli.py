@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from splitldm import build_pipeline
-from splitldm.cli import build_parser, main
+from splitldm.cli.main import build_parser, main
 
 
 def test_generate_writes_the_image_the_pipeline_makes(tmp_path, capsys):

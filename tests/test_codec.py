@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from splitldm.channels import AWGN, RayleighBlockFading
-from splitldm.codec import SeedCodec, effective_snr_db
-from splitldm.link import Link
-from splitldm.payload import Payload
+from splitldm.link.channels import AWGN, RayleighBlockFading
+from splitldm.link.codec import SeedCodec, effective_snr_db
+from splitldm.link.stack import Link
+from splitldm.link.payload import Payload
 
 
 def _codec(**kw):
@@ -219,7 +219,7 @@ def test_link_stage_matches_forward_and_errors():
 
 
 def test_link_with_token_merge_before_codec():
-    from splitldm.merging import TokenMerge
+    from splitldm.link.merge import TokenMerge
 
     codec = _codec()
     link = Link([TokenMerge(0.5), codec, AWGN(snr_db=10.0)])

@@ -1,5 +1,5 @@
 """SeedCodecBank: a seed codec per tensor of a UNet-cut payload (Link round trip, accounting, errors,
-persistence) and its Lightning recipe (training/codec_bank.py)."""
+persistence) and its Lightning recipe (splitldm/recipes/codec_bank.py)."""
 
 import json
 import math
@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from splitldm.channels import AWGN
-from splitldm.codec import SeedCodec
-from splitldm.codec_bank import SeedCodecBank, payload_layout
-from splitldm.link import Link
-from splitldm.payload import Payload
-from splitldm.split import SplitPipeline
-from training.codec_bank import CodecBankModule, cut_features, main
+from splitldm.link.channels import AWGN
+from splitldm.link.codec import SeedCodec
+from splitldm.link.codec_bank import SeedCodecBank, payload_layout
+from splitldm.link.stack import Link
+from splitldm.link.payload import Payload
+from splitldm.pipeline.split import SplitPipeline
+from splitldm.recipes.codec_bank import CodecBankModule, cut_features, main
 
 STAGE = 3  # before down.2 of tiny: latents, carry.hidden and four skips of three shapes cross
 SMALL = dict(rho=0.125, hidden_channels=8, num_blocks=1)
@@ -62,7 +62,7 @@ def test_split_pipeline_end_to_end(tiny_pipe, cut_payload):
 def test_guided_cut_carry_crosses_codec_and_channel(tiny_pipe, fading):
     """With guidance the carry holds [uncond, cond] rows (2B) next to B latents: rows i and i + B are
     sample i's, so they share its SNR and fading gain; the split still finishes."""
-    from splitldm.channels import RayleighBlockFading
+    from splitldm.link.channels import RayleighBlockFading
 
     split = SplitPipeline(tiny_pipe, split_step=1, split_stage=STAGE)
     kw = dict(num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from splitldm.codec import SeedCodec
-from training.codec import (CodecLatentData, CodecModule, MixedBlockChannel, main, make_channel, noised_latents,
+from splitldm.link.codec import SeedCodec
+from splitldm.recipes.codec import (CodecLatentData, CodecModule, MixedBlockChannel, main, make_channel, noised_latents,
                             trajectory_latents)
 
 

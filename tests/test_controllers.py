@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from splitldm.costs import ModelFlops
-from splitldm.quality import QualityTable
-from splitldm.rl.baselines import evaluate
-from splitldm.rl.cvpo import CVPO, CVPOConfig
-from splitldm.rl.envs import MEGRates, SeedPower
-from splitldm.rl.ppo import PPO, PPOConfig
-from splitldm.rl.ppo_lagrangian import PPOLagConfig, PPOLagrangian
+from splitldm.analysis.costs import ModelFlops
+from splitldm.eval.quality import QualityTable
+from splitldm.rl.oracles.meg import evaluate
+from splitldm.rl.agents.cvpo import CVPO, CVPOConfig
+from splitldm.rl.envs.meg import MEGRates, SeedPower
+from splitldm.rl.agents.ppo import PPO, PPOConfig
+from splitldm.rl.agents.ppo_lagrangian import PPOLagConfig, PPOLagrangian
 from splitldm.rl.train import load_agent, load_run_config, plot_history
 
 torch.set_num_threads(1)
@@ -51,7 +51,7 @@ def test_cvpo_cost_critic_is_a_bounded_probability():
     # the per-task violation indicator is learnt as a probability: cost 1 for action 3 only
     agent = CVPO(3, 4, CVPOConfig(critic_updates=1))
     rng = np.random.default_rng(0)
-    from splitldm.rl.cvpo import _Replay
+    from splitldm.rl.agents.cvpo import _Replay
 
     buf = _Replay(512, 3)
     for _ in range(512):
@@ -66,7 +66,7 @@ def test_cvpo_cost_critic_is_a_bounded_probability():
 
 def test_cvpo_learns_the_feasibility_boundary_with_cost_obs():
     """Short run on the small env with the cost observation: few avoidable violations, beats fixed."""
-    from splitldm.rl.baselines import fixed_rates, oracle_rates
+    from splitldm.rl.oracles.meg import fixed_rates, oracle_rates
 
     env = rates_env(cost_obs=True)
     cfg = CVPOConfig(total_steps=2_400, learning_starts=480, update_every=32, critic_updates=16, batch_size=128,

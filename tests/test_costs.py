@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from splitldm.costs import (
+from splitldm.analysis.costs import (
     ES_DEFAULT, UE_DEFAULT, ChannelParams, DeviceProfile, ModelFlops, channel_rate_bps, download_cost,
     load_profiles, model_flops, path_loss_db, sample_channel_gain_db, snr_db, split_cost, transmission,
     unet_step_flops,
 )
-from splitldm.models import get_spec
+from splitldm.pipeline.models import get_spec
 
 # A hand-sized model: numbers chosen so every cost below is checkable by hand.
 TOY = ModelFlops(model="toy", unet_step=1e12, text_encode=1e11, vae_decode=2e12,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from splitldm import data
-from splitldm.tokenizer import DEFAULT_WORDS, build_clip_tokenizer
+from splitldm.eval import data
+from splitldm.pipeline.tokenizer import DEFAULT_WORDS, build_clip_tokenizer
 
 
 def test_same_seed_same_images_and_splits_differ():

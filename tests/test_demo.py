@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from splitldm.demo import DemoConfig, run_demo
-from splitldm.models import checkpoints_dir
+from splitldm.eval.demo import DemoConfig, run_demo
+from splitldm.zoo import checkpoints_dir
 
 
 def _config(**kw):

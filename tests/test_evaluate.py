@@ -1,13 +1,13 @@
-"""splitldm.evaluate: a 2-point sweep on tiny-random (codec + baselines + OPTA), JSON + PNG, CLI, errors."""
+"""splitldm.eval.evaluate: a 2-point sweep on tiny-random (codec + baselines + OPTA), JSON + PNG, CLI, errors."""
 
 import json
 
 import pytest
 import torch
 
-from splitldm.codec import SeedCodec
-from splitldm.commands import evaluate as evaluate_cmd
-from splitldm.evaluate import EvalConfig, evaluate, latent_psnr, sweep
+from splitldm.link.codec import SeedCodec
+from splitldm.cli import evaluate as evaluate_cmd
+from splitldm.eval.evaluate import EvalConfig, evaluate, latent_psnr, sweep
 
 
 class _MeanColour:
@@ -68,9 +68,9 @@ def test_two_point_sweep_writes_json_and_png(tmp_path, codec_dir, tiny_pipe):
 
 
 def test_evaluate_split_link(tiny_pipe, codec_dir):
-    from splitldm.channels import AWGN
-    from splitldm.link import Link
-    from splitldm.split import SplitPipeline
+    from splitldm.link.channels import AWGN
+    from splitldm.link.stack import Link
+    from splitldm.pipeline.split import SplitPipeline
 
     split = SplitPipeline(tiny_pipe, split_step=1, link=Link([SeedCodec.load(codec_dir), AWGN(csi="mmse")]))
     rows = evaluate(split, ["a red circle", "a blue square"], [0.0, 20.0], num_inference_steps=2,
@@ -98,9 +98,9 @@ def test_config_errors_and_yaml(tmp_path, codec_dir):
 
 
 def test_cli_runs(tmp_path, codec_dir, tiny_pipe, monkeypatch):
-    import splitldm.models
+    import splitldm.pipeline.models
 
-    monkeypatch.setattr(splitldm.models, "load_pipeline", lambda name, **kw: tiny_pipe)  # skip a rebuild
+    monkeypatch.setattr(splitldm.pipeline.models, "load_pipeline", lambda name, **kw: tiny_pipe)  # skip a rebuild
     cfg_file = tmp_path / "e.yaml"
     cfg_file.write_text(
         f"pipeline: tiny-random\ncodecs: ['{codec_dir}']\nsnr_db: [5.0]\nchannels: [awgn]\n"

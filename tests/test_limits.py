@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from splitldm.limits import (awgn_capacity, gaussian_opta_mse, latent_covariance, opta_mse,
+from splitldm.analysis.limits import (awgn_capacity, gaussian_opta_mse, latent_covariance, opta_mse,
                              rayleigh_ergodic_capacity, reverse_water_filling, separation_bits)
 
 

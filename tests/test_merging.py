@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from splitldm.link import Link
-from splitldm.merging import (
-    MergePlan, TokenMerge, apply_patch, is_patched, merge_tokens, plan_merge, remove_patch, side_info_bits,
+from splitldm.link.stack import Link
+from splitldm.link.merge import TokenMerge
+from splitldm.tome import (
+    MergePlan, apply_patch, is_patched, merge_tokens, plan_merge, remove_patch, side_info_bits,
     unmerge_tokens,
 )
-from splitldm.payload import Payload
+from splitldm.link.payload import Payload
 
 
 def _tokens(b=2, h=8, w=8, c=6, seed=0):
@@ -146,7 +147,7 @@ def test_primitive_bad_inputs():
 # ----------------------------------------------------------------------------- UNet patch
 @pytest.fixture(scope="module")
 def unet_io():
-    from splitldm.models import build_unet
+    from splitldm.pipeline.models import build_unet
 
     unet = build_unet("tiny", seed=0)
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from splitldm import data, metrics
+from splitldm.eval import data, metrics
 
 
 def test_psnr_per_image_and_known_value():

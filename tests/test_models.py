@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from splitldm import build_clip_tokenizer, build_pipeline, build_unet, get_spec, load_pipeline, make_scheduler
-from splitldm.models import SCHEDULERS
+from splitldm.pipeline.models import SCHEDULERS
 
 
 def test_tokenizer_whole_words_and_unknown_words():

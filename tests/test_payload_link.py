@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from splitldm import Link, LinkStage, Payload
-from splitldm.link import SerializeBytes
-from splitldm.payload import PayloadError, payload_equal
+from splitldm.link.stack import SerializeBytes
+from splitldm.link.payload import PayloadError, payload_equal
 
 
 def _payload():

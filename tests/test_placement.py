@@ -5,11 +5,11 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from splitldm.costs import ModelFlops
-from splitldm.rl.d3ql import D3QL, D3QLConfig
-from splitldm.rl.envs import stand_in_quality_table
-from splitldm.rl.placement import ChainPlacement, greedy_channel_assignment
-from splitldm.rl.placement_baselines import (
+from splitldm.analysis.costs import ModelFlops
+from splitldm.rl.agents.d3ql import D3QL, D3QLConfig
+from splitldm.rl.envs.meg import stand_in_quality_table
+from splitldm.rl.envs.placement import ChainPlacement, greedy_channel_assignment
+from splitldm.rl.oracles.placement import (
     evaluate_placement, exhaustive_optimum, fixed_chain, greedy_placement, monolithic,
 )
 
@@ -147,7 +147,7 @@ def test_d3ql_learns_and_invariants(tmp_path):
 
 def test_d3ql_per_action_head_and_n_step():
     torch.set_num_threads(1)
-    from splitldm.rl.d3ql import QNet
+    from splitldm.rl.agents.d3ql import QNet
 
     env = make(flops_per_s=(30e12, 10e12), memory_gb=(16.0, 16.0), num_users=[2, 4], num_channels=2)
     A, D = int(env.action_space.n), int(env.observation_space.shape[0])
@@ -197,7 +197,7 @@ def test_n_step_returns_stored():
     captured = {}
     orig = D3QL.train_on.__func__
 
-    import splitldm.rl.d3ql as mod
+    import splitldm.rl.agents.d3ql as mod
 
     real = mod.MaskedReplay
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from splitldm.costs import ModelFlops
-from splitldm.quality import QualityTable, build_quality_table
-from splitldm.rl.baselines import (
+from splitldm.analysis.costs import ModelFlops
+from splitldm.eval.quality import QualityTable, build_quality_table
+from splitldm.rl.oracles.meg import (
     equal_power, evaluate, fixed_rates, oracle_power, oracle_rates, water_filling, water_filling_power,
 )
-from splitldm.rl.envs import MEGRates, SeedPower, stand_in_quality_table
+from splitldm.rl.envs.meg import MEGRates, SeedPower, stand_in_quality_table
 
 # SDXL-sized counted FLOPs, written out so these tests need no counting (tests/test_costs.py counts).
 SDXL = ModelFlops("sdxl", 6.761e12, 1.11e11, 1.047e13, (4, 128, 128), (3, 1024, 1024))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from splitldm import Link, SplitPipeline, build_pipeline, with_scheduler
-from splitldm.link import SerializeBytes
-from splitldm.payload import Payload, PayloadError
+from splitldm.link.stack import SerializeBytes
+from splitldm.link.payload import Payload, PayloadError
 
 STEPS = 4
 SCHEDULERS = ["ddim", "euler", "dpm++", "lcm", "euler-a", "pndm"]

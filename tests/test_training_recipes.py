@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from training.classifier import ClassifierModule
-from training.cli import main
-from training.lcm import LCMDistillModule, boundary_scalings, guidance_scale_embedding
-from training.ldm import LDMModule
-from training.vae import VAEModule
+from splitldm.recipes.classifier import ClassifierModule
+from splitldm.recipes.cli import main
+from splitldm.recipes.lcm import LCMDistillModule, boundary_scalings, guidance_scale_embedding
+from splitldm.recipes.ldm import LDMModule
+from splitldm.recipes.vae import VAEModule
 
 
 def _args(tmp_path, config, extra):
@@ -69,7 +69,7 @@ def test_ldm_recipe_and_lcm_distillation(tmp_path):
 @pytest.mark.parametrize("name, module", [("vae", VAEModule), ("ldm", LDMModule), ("lcm", LCMDistillModule)])
 def test_gpu_configs_parse_and_build(name, module):
     """configs/gpu/*.yaml (the shipped models' recipes) are valid LightningCLI configs; built on CPU here."""
-    from splitldm.models import checkpoints_dir
+    from splitldm.zoo import checkpoints_dir
 
     extra = {"vae": [], "ldm": ["--model.vae_path", "null", "--model.cache_size", "4"],
              "lcm": ["--model.teacher_path", str(checkpoints_dir() / "tiny"), "--model.cache_size", "4"]}[name]
@@ -80,7 +80,7 @@ def test_gpu_configs_parse_and_build(name, module):
 
 
 def test_preloaded_shapes_equal_rendered_on_the_fly():
-    from training.datamodule import ShapesDataset
+    from splitldm.recipes.datamodule import ShapesDataset
 
     lazy, eager = ShapesDataset(5, "test", seed=3), ShapesDataset(5, "test", seed=3, preload=True)
     for i in range(5):
@@ -94,7 +94,7 @@ def test_classifier_recipe(tmp_path):
              "--model.schedule", "cosine"]
     cli = main(ClassifierModule, args=_args(tmp_path, "classifier.yaml", extra))
     assert cli.trainer.global_step == 2
-    from splitldm.metrics import load_classifier
+    from splitldm.eval.metrics import load_classifier
 
     assert load_classifier(tmp_path / "clf").config["feature_dim"] == 16
     _resume(tmp_path, "classifier.yaml", ClassifierModule, extra)
@@ -114,8 +114,8 @@ def test_lcm_helpers_match_diffusers():
 def test_analytic_vae_is_the_block_average_codec():
     import torch.nn.functional as F
 
-    from splitldm.data import render_batch
-    from training.vae import analytic_vae, block_average_latents
+    from splitldm.eval.data import render_batch
+    from splitldm.recipes.vae import analytic_vae, block_average_latents
 
     vae = analytic_vae(scale_examples=32)
     x, _, _ = render_batch(range(4))

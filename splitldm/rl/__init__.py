@@ -4,6 +4,6 @@ Importing this package registers "splitldm/MEGRates-v0", "splitldm/MEGRatesFlat-
 "splitldm/SeedPower-v0" with gymnasium.
 """
 
-from .envs import MEGRates, SeedPower, register_envs
+from splitldm.rl.envs.meg import MEGRates, SeedPower, register_envs
 
 __all__ = ["MEGRates", "SeedPower", "register_envs"]

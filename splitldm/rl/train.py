@@ -20,17 +20,17 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from . import envs as _envs  # noqa: F401  (registers the environments)
-from . import placement as _placement  # noqa: F401  (registers splitldm/ChainPlacement-v0)
-from .baselines import (
+from splitldm.rl.envs import meg as _envs  # noqa: F401  (registers the environments)
+from splitldm.rl.envs import placement as _placement  # noqa: F401  (registers splitldm/ChainPlacement-v0)
+from splitldm.rl.oracles.meg import (
     equal_power, evaluate, fixed_rates, oracle_power, oracle_rates, water_filling,
 )
-from .cvpo import CVPO, CVPOConfig
-from .d3ql import D3QL, D3QLConfig
-from .ppo import PPO, PPOConfig
-from .plotting import save_figure
-from .ppo_lagrangian import PPOLagConfig, PPOLagrangian
-from .t2drl import T2DRL, T2DRLConfig
+from splitldm.rl.agents.cvpo import CVPO, CVPOConfig
+from splitldm.rl.agents.d3ql import D3QL, D3QLConfig
+from splitldm.rl.agents.ppo import PPO, PPOConfig
+from splitldm.rl.plotting import save_figure
+from splitldm.rl.agents.ppo_lagrangian import PPOLagConfig, PPOLagrangian
+from splitldm.rl.agents.t2drl import T2DRL, T2DRLConfig
 
 __all__ = ["ALGORITHMS", "load_run_config", "make_env", "train", "load_agent", "evaluate_agent", "plot_history"]
 
@@ -101,7 +101,7 @@ def train(config: str | Path | Mapping[str, Any], log=print) -> tuple[Any, dict[
     summary = {"algorithm": cfg["algorithm"], "train_seconds": round(seconds, 1),
                **evaluate_agent(agent, cfg["env"], cfg["eval"]["episodes"], cfg["eval"]["seed"])}
     if episodic and cfg.get("users"):
-        from .evaluation_users import reward_vs_users
+        from splitldm.rl.evaluate import reward_vs_users
 
         summary["vs_users"] = reward_vs_users(agent, cfg["env"], cfg["users"], cfg["eval"]["episodes"],
                                               cfg["eval"]["seed"], out / "reward_vs_users.png")
@@ -125,7 +125,7 @@ def evaluate_agent(agent, env_cfg: Mapping[str, Any], episodes: int = 20, seed: 
     """The agent and the reference policies on the same held-out episodes (seeds from ``seed``)."""
     env = make_env(env_cfg)
     if isinstance(agent, (D3QL, T2DRL)):
-        from .evaluation_users import evaluate_episodic
+        from splitldm.rl.evaluate import evaluate_episodic
 
         return evaluate_episodic(agent, env, episodes, seed, baselines)
     res: dict[str, Any] = {"agent": evaluate(env, lambda o, e: agent.act(o), episodes, seed)}

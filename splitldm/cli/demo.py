@@ -1,0 +1,37 @@
+"""`splitldm demo`: the main job (see `splitldm.eval.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _run(args: argparse.Namespace) -> int:
+    from splitldm.eval.demo import DemoConfig, run_demo
+
+    config = DemoConfig(num_prompts=args.num_prompts, steps=args.steps, split_step=args.split_step,
+                        student_steps=args.student_steps, snr_db=tuple(args.snr_db),
+                        merge_ratios=tuple(args.merge_ratios), seed=args.seed)
+    if args.quick:
+        config.num_prompts, config.snr_db = min(config.num_prompts, 8), config.snr_db[::2]
+    report = run_demo(args.out, config)
+    summary = {"out": args.out, "seconds": round(report["seconds"], 1),
+               "central_adherence": report["central"].get("adherence"),
+               "split": [{k: e[k] for k in ("merge_ratio", "snr_db", "psnr_db", "channel_uses_per_image")}
+                         for e in report["split"]]}
+    print(json.dumps(summary))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="central vs split generation on the shipped checkpoints (the main job)")
+    p.add_argument("--out", default="out/demo", help="output folder (grid.png, psnr_vs_snr.png, report.json)")
+    p.add_argument("--num-prompts", type=int, default=24)
+    p.add_argument("--steps", type=int, default=25, help="teacher steps of the central generation")
+    p.add_argument("--split-step", type=int, default=10, help="teacher steps on the edge server")
+    p.add_argument("--student-steps", type=int, default=4, help="distilled-student steps on the device")
+    p.add_argument("--snr-db", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0])
+    p.add_argument("--merge-ratios", type=float, nargs="+", default=[0.0, 0.5])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="fewer prompts and SNRs")
+    p.set_defaults(func=_run)

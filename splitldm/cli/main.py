@@ -1,0 +1,113 @@
+"""The ``splitldm`` command: ``generate``, ``profile`` and the subcommands in `splitldm.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _seed_generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from splitldm.link.stack import Link
+    from splitldm.pipeline.models import SCHEDULERS, load_pipeline
+    from splitldm.pipeline.split import SplitPipeline
+
+    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler: unknown scheduler {args.scheduler!r}; choose from {sorted(SCHEDULERS)}")
+    pipe = load_pipeline(args.model, scheduler=args.scheduler)
+    split = SplitPipeline(pipe, split_step=args.split_step, split_stage=args.split_stage, link=Link(),
+                          condition=args.condition)
+    start = time.perf_counter()
+    out = split(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                generator=_seed_generator(args.seed), output_type="pil")
+    elapsed = time.perf_counter() - start
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.images[0].save(path)
+    report = {"out": str(path), "model": args.model, "scheduler": type(pipe.scheduler).__name__,
+              "steps": args.steps, "split_step": args.split_step, "split_stage": args.split_stage,
+              "payload_bits": out.sent.num_bits(), "payload_tensor_bits": out.sent.tensor_bits(),
+              "seconds": round(elapsed, 3)}
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from splitldm.pipeline.chain import UNetChain, format_cut_table
+    from splitldm.pipeline.models import SPECS, build_unet, load_pipeline
+
+    name = args.model
+    if name.removesuffix("-random") in SPECS and not Path(name).exists():
+        unet = build_unet(name, device="meta")
+    else:
+        unet = load_pipeline(name).unet
+    latent = args.height // 8 if args.height else None
+    rows = UNetChain(unet).cut_table(batch_size=args.batch_size, height=latent, width=latent,
+                                     text_length=args.text_length, cfg=args.cfg)
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows]))
+    else:
+        print(format_cut_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splitldm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate one image, split between ES and UE (ideal link)")
+    g.add_argument("prompt")
+    g.add_argument("--model", default="tiny", help="shipped name, *-random config, local folder or hub id")
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--split-step", type=int, default=10)
+    g.add_argument("--split-stage", type=int, default=None, help="cut inside the UNet pass (UNetChain stage)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--scheduler", default=None, help="ddim, euler, euler-a, dpm++, lcm, pndm")
+    g.add_argument("--condition", default="prompt", choices=["prompt", "embeddings"])
+    g.add_argument("--out", default="out/generate.png")
+    g.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("profile", help="cut table of a UNet: bytes, parameters and FLOPs per cut")
+    p.add_argument("--model", default="sd15", help="tiny, sd15, sd21, sdxl, or a local pipeline folder")
+    p.add_argument("--height", type=int, default=None, help="image side in pixels (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--text-length", type=int, default=77)
+    p.add_argument("--cfg", action="store_true", help="count the doubled classifier-free-guidance batch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    import splitldm.cli as commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name == "main":
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"splitldm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

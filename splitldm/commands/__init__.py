@@ -1,1 +1,0 @@
-"""Subcommands of the `splitldm` CLI: each module here has `register(subparsers)`."""

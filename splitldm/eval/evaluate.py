@@ -1,0 +1,430 @@
+"""Evaluate what a link does to split generation: sweeps over SNR x channel x bandwidth ratio.
+
+For every point the latents a step split really sends (`SplitPipeline.edge`) cross a `Link` made of
+one scheme and one channel, the device finishes the generation, and we measure:
+
+* ``latent_mse`` (per real value) and ``latent_psnr = 10 log10(sigma^2 / latent_mse)`` where
+  ``sigma^2`` is the average per-value variance of the sent latents (so it is directly comparable
+  with the OPTA distortion ``D / sigma^2``);
+* ``image_psnr`` / ``image_ssim`` of the final images against the images the same prompts and seeds
+  give through an ideal link (the paper's reference);
+* ``fid`` against real data images with a pluggable feature extractor (`splitldm.eval.metrics`; the
+  extractor's name is stored with every number; nothing is ever downloaded);
+* ``channel_uses`` and ``bits`` that crossed (from the payload history).
+
+Schemes: ``codec`` (a trained `SeedCodec`), ``analog`` (`AnalogLink`, uncoded, rho = 1/2),
+``digital`` (`DigitalLink` with `best_digital_config` per SNR and channel at the codec's channel-use
+budget), ``separation`` (ideal separation: the digital quantiser at the most bits per value that a
+capacity-achieving code carries, delivered without error; Rayleigh uses the ergodic capacity, an
+optimistic reference for one fade per image) and ``opta`` (reverse water-filling on the measured
+latent covariance: a reference, not a ceiling, for non-Gaussian latents; no images).
+
+Entry points: `sweep` (an `EvalConfig`, writes JSON + PNG; the ``splitldm evaluate`` CLI) and
+`evaluate` (one `SplitPipeline` with its own link, over a list of SNRs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from splitldm.link.analog import AnalogLink
+from splitldm.link.digital import DigitalConfig, DigitalLink, best_digital_config
+from splitldm.link.channels import AWGN, Channel, RayleighBlockFading
+from splitldm.link.codec import SeedCodec
+from splitldm.analysis.limits import capacity, latent_covariance, reverse_water_filling
+from splitldm.link.stack import Link, LinkStage
+from splitldm.link.payload import Payload
+from splitldm.pipeline.split import SplitPipeline
+
+SCHEMES = ("codec", "analog", "digital", "separation", "opta")
+CHANNELS = ("awgn", "rayleigh")
+
+__all__ = ["EvalConfig", "SCHEMES", "sweep", "evaluate", "make_channel", "plot_sweep", "latent_psnr"]
+
+
+@dataclass
+class EvalConfig:
+    """One reproducible evaluation run (``configs/evaluate.yaml``).
+
+    Attributes:
+        pipeline: `splitldm.pipeline.models.load_pipeline` name or folder.
+        codecs: `SeedCodec` folders; each contributes its own ``rho`` to the sweep.
+        rhos: extra bandwidth ratios for the digital / separation / OPTA baselines (complex uses
+            per real latent value); the codecs' ratios are always included.
+        snr_db: SNR points (dB). channels: ``awgn`` and/or ``rayleigh`` (block fading, one h per image).
+        schemes: subset of `SCHEMES`.
+        csi: receiver equalisation of both channels (``mmse`` as the codec was trained with).
+        num_prompts, split, prompt_seed: held-out prompts (`splitldm.eval.data.prompts_for`).
+        split_step, num_inference_steps, guidance_scale: the generation being split.
+        repeats: independent channel realisations per point (Rayleigh needs several fades).
+        covariance_samples: latents used to measure the covariance for OPTA.
+        fid: ``"classifier"`` (offline classifier-FID, needs ``checkpoints/classifier``), ``"none"``,
+            or a local Inception-v3 weights file (``.pth``); fid_real: real images it compares with.
+        seed: base seed of the generation noise and the channels.
+        output: folder for ``results.json`` and ``psnr_vs_snr.png``.
+    """
+
+    pipeline: str = "tiny"
+    codecs: list[str] = field(default_factory=lambda: ["checkpoints/seed-codec"])
+    rhos: list[float] = field(default_factory=list)
+    snr_db: list[float] = field(default_factory=lambda: [-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0])
+    channels: list[str] = field(default_factory=lambda: ["awgn", "rayleigh"])
+    schemes: list[str] = field(default_factory=lambda: list(SCHEMES))
+    csi: str = "mmse"
+    num_prompts: int = 32
+    split: str = "test"
+    prompt_seed: int = 0
+    split_step: int = 4
+    num_inference_steps: int = 8
+    guidance_scale: float = 3.0
+    repeats: int = 2
+    covariance_samples: int = 512
+    fid: str = "classifier"
+    fid_real: int = 256
+    seed: int = 0
+    output: str = "runs/evaluate"
+
+    def __post_init__(self):
+        bad = [s for s in self.schemes if s not in SCHEMES]
+        if bad or not self.schemes:
+            raise ValueError(f"schemes: expected a non-empty subset of {SCHEMES}, got {self.schemes!r}")
+        bad = [c for c in self.channels if c not in CHANNELS]
+        if bad or not self.channels:
+            raise ValueError(f"channels: expected a non-empty subset of {CHANNELS}, got {self.channels!r}")
+        if not self.snr_db or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.snr_db):
+            raise ValueError(f"snr_db: expected a non-empty list of finite numbers (dB), got {self.snr_db!r}")
+        for name in ("num_prompts", "repeats", "covariance_samples", "num_inference_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        if not all(isinstance(r, (int, float)) and 0 < r <= 4 for r in self.rhos):
+            raise ValueError(f"rhos: expected numbers in (0, 4], got {self.rhos!r}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "EvalConfig":
+        """Read a YAML file of `EvalConfig` fields (unknown keys -> ValueError), then apply ``overrides``."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: no such file {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config: {path} must hold a mapping of EvalConfig fields")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def make_channel(kind: str, csi: str = "mmse") -> Channel:
+    """``"awgn"`` -> `AWGN`, ``"rayleigh"`` -> `RayleighBlockFading` (one h per image); SNR from the context."""
+    if kind == "awgn":
+        return AWGN(csi=csi)
+    if kind == "rayleigh":
+        return RayleighBlockFading(csi=csi)
+    raise ValueError(f"channel: expected one of {CHANNELS}, got {kind!r}")
+
+
+def latent_psnr(mse: float, variance: float) -> float:
+    """``10 log10(variance / mse)`` in dB (inf for mse = 0)."""
+    return float("inf") if mse <= 0 else 10.0 * math.log10(variance / mse)
+
+
+def _images_pt(images) -> torch.Tensor:
+    return images.float().clamp(0, 1)
+
+
+class _Separation(LinkStage):
+    """Ideal separation: the digital quantiser's output at ``bits_per_value``, delivered error-free."""
+
+    def __init__(self, bits_per_value: int):
+        super().__init__()
+        self.digital = DigitalLink(config=DigitalConfig(bits_per_value)) if bits_per_value > 0 else None
+
+    def send(self, payload, context, generator):
+        tensors = dict(payload.tensors)
+        for name in payload.primary:
+            x = tensors[name]
+            if self.digital is None:
+                mean = x.reshape(x.shape[0], -1).mean(1).reshape(-1, *[1] * (x.dim() - 1))
+                tensors[name] = mean.expand_as(x).clone()
+            else:
+                tensors[name] = self.digital.quantized(x)
+        return payload.replace(tensors=tensors)
+
+
+def _separation_bits_per_value(channel_uses: int, n_values: int, snr_db: float, channel: str) -> int:
+    cap = float(capacity(snr_db, "awgn" if channel == "awgn" else "rayleigh"))
+    return int(min(16, math.floor(channel_uses * cap / n_values + 1e-9)))
+
+
+def _feature_extractor(spec: str):
+    from splitldm.eval import metrics
+
+    if spec in ("none", "", None):
+        return None
+    if spec == "classifier":
+        try:
+            return metrics.ClassifierFeatures("classifier")
+        except (FileNotFoundError, ValueError) as exc:  # no shipped classifier: FID is skipped, said so
+            return _Unavailable(f"classifier-FID unavailable: {exc}")
+    return metrics.InceptionFeatures(spec)
+
+
+@dataclass
+class _Unavailable:
+    reason: str
+
+
+# ------------------------------------------------------------------------------------ core
+class _Bench:
+    """The fixed part of a sweep: pipeline, prompts, sent payload, ideal-link images, real images."""
+
+    def __init__(self, pipe, prompts: list[str], split_step: int, num_inference_steps: int, guidance_scale: float,
+                 seed: int, extractor=None, real_images: torch.Tensor | None = None):
+        self.split = SplitPipeline(pipe, split_step=split_step)
+        self.gen_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        self.seed = seed
+        g = torch.Generator().manual_seed(seed)
+        self.sent = self.split.edge(prompts, generator=g, **self.gen_kwargs)
+        self.reference = _images_pt(self.split.device(self.sent, output_type="pt"))
+        self.latents = self.sent.tensors["latents"].float()
+        self.extractor = extractor if not isinstance(extractor, _Unavailable) else None
+        self.real_images = real_images
+        self.fid_reference = None
+        if self.extractor is not None and real_images is not None:
+            from splitldm.eval.metrics import fid
+
+            self.fid_reference = fid(real_images, self.reference, self.extractor)
+
+    def run(self, stages: Sequence[LinkStage], snr_db: float, generator: torch.Generator,
+            images: bool = True) -> dict[str, Any]:
+        """Send the payload through ``Link(stages)`` at ``snr_db``; latent and image metrics."""
+        link = Link(list(stages))
+        received = link(self.sent, generator=generator, context={"snr_db": float(snr_db)})
+        lat = received.tensors["latents"].float()
+        out = {"latent_se": (lat - self.latents).pow(2).flatten(1).mean(1), "summary": Link.summary(received)}
+        if images:
+            out["images"] = _images_pt(self.split.device(received, output_type="pt"))
+        return out
+
+
+def _point(bench: _Bench, stages_fn: Callable[[], list[LinkStage]], snr: float, repeats: int, seed: int,
+           variance: float, images: bool = True) -> dict[str, Any]:
+    """Average metrics over ``repeats`` channel realisations (seeds ``seed .. seed + repeats - 1``)."""
+    from splitldm.eval.metrics import fid, psnr, ssim
+
+    ses, ps, ss, imgs, summary = [], [], [], [], None
+    for r in range(repeats):
+        res = bench.run(stages_fn(), snr, torch.Generator().manual_seed(seed + r), images)
+        ses.append(res["latent_se"])
+        summary = res["summary"]
+        if images:
+            imgs.append(res["images"])
+            p = psnr(res["images"], bench.reference)
+            ps.append(p.clamp(max=100.0))  # identical images give +inf; cap so means stay finite
+            ss.append(ssim(res["images"], bench.reference))
+    mse = float(torch.cat(ses).mean())
+    row = {"latent_mse": mse, "latent_psnr": latent_psnr(mse, variance),
+           "channel_uses": summary["channel_uses"], "bits": summary["bits"]}
+    if images:
+        row["image_psnr"] = float(torch.cat(ps).mean())
+        row["image_ssim"] = float(torch.cat(ss).mean())
+        if bench.extractor is not None and bench.real_images is not None:
+            row["fid"] = fid(bench.real_images, torch.cat(imgs), bench.extractor)["fid"]
+    return row
+
+
+def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | None = print,
+          extractor=None) -> dict[str, Any]:
+    """Run the sweep of ``config``; write ``results.json`` and ``psnr_vs_snr.png`` to ``config.output``.
+
+    ``pipe`` overrides ``config.pipeline`` (an already loaded pipeline); ``extractor`` overrides
+    ``config.fid`` with any `splitldm.eval.metrics.FeatureExtractor` (a callable with a ``name``).
+
+    Returns the results dict: ``config``, ``reference`` (variance, FID of the ideal link, extractor),
+    ``rows`` (one per scheme x channel x rho x SNR) and ``timing_s``.
+    """
+    from splitldm.eval.data import prompts_for, render_batch
+    from splitldm.pipeline.models import load_pipeline
+
+    cfg = config if isinstance(config, EvalConfig) else EvalConfig(**config)
+    t0 = time.time()
+    say = log or (lambda s: None)
+    pipe = load_pipeline(cfg.pipeline) if pipe is None else pipe
+    codecs = [SeedCodec.load(p) for p in cfg.codecs] if "codec" in cfg.schemes else []
+    rhos = sorted({float(c.config.rho) for c in codecs} | {float(r) for r in cfg.rhos})
+    if not rhos:
+        raise ValueError("rhos: no bandwidth ratio to evaluate (give codecs or rhos)")
+
+    prompts = prompts_for(cfg.num_prompts, cfg.split, cfg.prompt_seed)
+    extractor = _feature_extractor(cfg.fid) if extractor is None else extractor
+    real = None
+    if extractor is not None and not isinstance(extractor, _Unavailable):
+        real, _, _ = render_batch(range(cfg.fid_real), split=cfg.split, seed=cfg.prompt_seed)
+    bench = _Bench(pipe, prompts, cfg.split_step, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed,
+                   extractor, real)
+    shape = tuple(bench.latents.shape[1:])
+    n_values = math.prod(shape)
+
+    # covariance of what crosses, from more prompts than the sweep uses (OPTA needs the spectrum)
+    cov_prompts = prompts_for(cfg.covariance_samples, cfg.split, cfg.prompt_seed + 1)
+    cov_payload = bench.split.edge(cov_prompts, generator=torch.Generator().manual_seed(cfg.seed + 1),
+                                   **bench.gen_kwargs)
+    cov = latent_covariance(cov_payload.tensors["latents"].float(), mode="full")
+    variance = float(bench.latents.var(dim=0, unbiased=False).mean())
+    say(f"[evaluate] {len(prompts)} prompts, latents {shape}, variance {variance:.4g}; "
+        f"covariance from {cov.num_samples} latents (shrinkage {cov.shrinkage:.3f})")
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    digital_ok = True
+
+    def add(scheme, channel, rho, snr, row, **extra):
+        row = {"scheme": scheme, "channel": channel, "rho": rho, "snr_db": float(snr), **extra, **row}
+        rows.append(row)
+        msg = f"  {scheme:10s} {channel:8s} rho={rho:.4g} snr={snr:5.1f} dB: latent PSNR {row['latent_psnr']:6.2f} dB"
+        if "image_psnr" in row:
+            msg += f", image PSNR {row['image_psnr']:6.2f} dB, SSIM {row['image_ssim']:.3f}"
+        say(msg)
+
+    seed = cfg.seed + 100
+    for channel in cfg.channels:
+        for snr in cfg.snr_db:
+            for rho in rhos:
+                k = max(1, math.floor(rho * n_values + 1e-9))
+                if "opta" in cfg.schemes:
+                    wf = reverse_water_filling(cov.eigenvalues, rho=rho, snr_db=snr, channel=channel)
+                    add("opta", channel, rho, snr, {"latent_mse": wf.mse,
+                                                    "latent_psnr": latent_psnr(wf.mse, cov.variance),
+                                                    "channel_uses": k, "bits": None})
+                for codec in (c for c in codecs if float(c.config.rho) == rho):
+                    add("codec", channel, rho, snr,
+                        _point(bench, lambda: [codec, make_channel(channel, cfg.csi)], snr, cfg.repeats, seed,
+                               variance))
+                if "digital" in cfg.schemes and digital_ok:
+                    try:
+                        dcfg = best_digital_config(snr, k, n_values, covariance=cov,
+                                                   channel="awgn" if channel == "awgn" else "rayleigh-block")
+                    except ValueError as exc:  # no measured MCS thresholds in this install
+                        digital_ok = False
+                        notes.append(f"digital skipped: {exc}")
+                        say(f"  digital skipped: {exc}")
+                        continue
+                    info = {"bits_per_value": dcfg.bits_per_value, "code_rate": dcfg.code_rate,
+                            "bits_per_symbol": dcfg.bits_per_symbol, "num_components": dcfg.num_components,
+                            "codeword_bits": dcfg.codeword_bits}
+                    if dcfg.bits_per_value == 0:  # no scheme fits the budget: nothing sent, receiver uses the mean
+                        row = _point(bench, lambda: [_Separation(0)], snr, 1, seed, variance)
+                        row["channel_uses"] = 0
+                    else:
+                        row = _point(bench, lambda: [DigitalLink(config=dcfg, covariance=cov), make_channel(channel, cfg.csi)], snr,
+                                     cfg.repeats, seed, variance)
+                    add("digital", channel, rho, snr, row, config=info)
+                if "separation" in cfg.schemes:
+                    b = _separation_bits_per_value(k, n_values, snr, channel)
+                    row = _point(bench, lambda: [_Separation(b)], snr, 1, seed, variance)
+                    row["channel_uses"] = k
+                    add("separation", channel, rho, snr, row, config={"bits_per_value": b})
+            if "analog" in cfg.schemes:
+                add("analog", channel, 0.5, snr,
+                    _point(bench, lambda: [AnalogLink(), make_channel(channel, cfg.csi)], snr, cfg.repeats, seed,
+                           variance))
+
+    results = {
+        "config": asdict(cfg),
+        "latent_shape": list(shape),
+        "reference": {
+            "latent_variance": variance,
+            "covariance_variance": cov.variance,
+            "covariance_samples": cov.num_samples,
+            "fid_ideal_link": None if bench.fid_reference is None else bench.fid_reference["fid"],
+            "fid_extractor": (bench.extractor.name if bench.extractor is not None
+                              else getattr(extractor, "reason", "none")),
+            "image_metrics_against": "same prompts and seeds through an ideal link",
+        },
+        "rows": rows,
+        "notes": notes,
+        "timing_s": round(time.time() - t0, 2),
+    }
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
+    plot_sweep(results, out / "psnr_vs_snr.png")
+    say(f"[evaluate] wrote {out / 'results.json'} and {out / 'psnr_vs_snr.png'} in {results['timing_s']} s")
+    return results
+
+
+def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
+    """PNG: latent PSNR (top, with the OPTA curve) and image PSNR (bottom) vs SNR, one column per channel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    channels = sorted({r["channel"] for r in rows}, key=lambda c: CHANNELS.index(c))
+    fig, axes = plt.subplots(2, len(channels), figsize=(5.5 * len(channels), 7.5), squeeze=False)
+    styles = {"codec": "o-", "digital": "s--", "separation": "^:", "analog": "d-.", "opta": "k-"}
+    for j, ch in enumerate(channels):
+        for i, metric in enumerate(("latent_psnr", "image_psnr")):
+            ax = axes[i][j]
+            keys = sorted({(r["scheme"], r["rho"]) for r in rows if r["channel"] == ch and metric in r},
+                          key=lambda t: (SCHEMES.index(t[0]), t[1]))
+            for scheme, rho in keys:
+                pts = sorted((r["snr_db"], r[metric]) for r in rows
+                             if r["channel"] == ch and r["scheme"] == scheme and r["rho"] == rho and metric in r)
+                xs, ys = zip(*pts)
+                label = f"{'OPTA (RWF)' if scheme == 'opta' else scheme} rho={rho:.3g}"
+                ax.plot(xs, [min(y, 60.0) for y in ys], styles.get(scheme, "o-"), label=label,
+                        alpha=0.6 if scheme == "opta" and rho != keys[0][1] else 1.0)
+            ax.set_xlabel("SNR (dB)")
+            ax.set_ylabel("latent PSNR (dB, re variance)" if metric == "latent_psnr"
+                          else "image PSNR vs ideal link (dB)")
+            ax.set_title(f"{ch}: {metric.replace('_', ' ')}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluate(split: SplitPipeline, prompts: Sequence[str], snr_db: Sequence[float], *, repeats: int = 1,
+             seed: int = 0, **gen_kwargs) -> list[dict[str, Any]]:
+    """Measure ``split``'s own link at each SNR (its channel stage must take the SNR from the context,
+    i.e. be built with ``snr_db=None``).
+
+    Returns one dict per SNR: ``snr_db``, ``latent_mse``, ``latent_psnr``, ``image_psnr``,
+    ``image_ssim`` (against the same prompts and seed through an ideal link), ``channel_uses``, ``bits``.
+    ``gen_kwargs`` go to `SplitPipeline.edge` (``num_inference_steps``, ``guidance_scale``, ...).
+    """
+    if not isinstance(split, SplitPipeline):
+        raise TypeError(f"split: expected a SplitPipeline, got {type(split).__name__}")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts: expected a non-empty list of strings")
+    ideal = SplitPipeline(split.pipe, split_step=split.split_step, split_stage=split.split_stage,
+                          condition=split.condition, device_pipe=split.device_pipe)
+    bench = _Bench.__new__(_Bench)
+    bench.split, bench.seed, bench.gen_kwargs = ideal, seed, gen_kwargs
+    bench.sent = ideal.edge(list(prompts), generator=torch.Generator().manual_seed(seed), **gen_kwargs)
+    bench.reference = _images_pt(ideal.device(bench.sent, output_type="pt"))
+    bench.latents = bench.sent.tensors["latents"].float()
+    bench.extractor, bench.real_images, bench.fid_reference = None, None, None
+    variance = float(bench.latents.var(dim=0, unbiased=False).mean()) if len(prompts) > 1 else float(bench.latents.var())
+    out = []
+    for snr in snr_db:
+        row = _point(bench, lambda: list(split.link.stages), float(snr), repeats, seed + 100, variance)
+        out.append({"snr_db": float(snr), **row})
+    return out

@@ -1,0 +1,266 @@
+"""Image quality metrics that work offline: PSNR, SSIM, Fréchet distance on any features, and
+prompt adherence judged by the shipped attribute classifier.
+
+FID needs a feature extractor. Two are provided, always named in the result:
+
+* `ClassifierFeatures` (the default): the penultimate features of the attribute classifier trained
+  on the embedded shapes data (``checkpoints/classifier``). Its numbers are **classifier-FID**,
+  comparable only with other classifier-FID numbers from the same checkpoint; never call them
+  Inception FID.
+* `InceptionFeatures`: Inception-v3 pool features (torch-fidelity's FID network via
+  torchmetrics), only from a weights file the user already has on disk; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from splitldm.eval.data import ATTRIBUTE_NAMES, ATTRIBUTES, parse_caption
+
+
+def _check_images(name: str, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected (B, C, H, W) images, got shape {tuple(x.shape)}")
+    return x.float()
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, one value per image: (B,).
+
+    Images are (B, C, H, W) in [0, ``data_range``]; the MSE is the per-image mean over C, H, W.
+    Identical images give +inf.
+    """
+    a, b = _check_images("images", images), _check_images("reference", reference)
+    if a.shape != b.shape:
+        raise ValueError(f"reference: shape {tuple(b.shape)} does not match images {tuple(a.shape)}")
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(data_range ** 2 / mse)
+
+
+def ssim(images: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Structural similarity (Gaussian window 11, sigma 1.5; torchmetrics), one value per image: (B,)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = _check_images("images", images), _check_images("reference", reference)
+    if a.shape != b.shape:
+        raise ValueError(f"reference: shape {tuple(b.shape)} does not match images {tuple(a.shape)}")
+    return structural_similarity_index_measure(a, b, data_range=data_range, reduction="none")
+
+
+def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D).
+
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)``, in float64; the
+    matrix square root goes through symmetric eigendecompositions (stable for singular S).
+    """
+    a = torch.as_tensor(np.asarray(features_a) if not isinstance(features_a, torch.Tensor) else features_a)
+    b = torch.as_tensor(np.asarray(features_b) if not isinstance(features_b, torch.Tensor) else features_b)
+    for name, f in (("features_a", a), ("features_b", b)):
+        if f.ndim != 2 or f.shape[0] < 2:
+            raise ValueError(f"{name}: expected (N >= 2, D) features, got shape {tuple(f.shape)}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"features_b: dimension {b.shape[1]} does not match features_a {a.shape[1]}")
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    ev, vec = torch.linalg.eigh(cov_a)
+    sqrt_a = (vec * ev.clamp_min(0).sqrt()) @ vec.T
+    mid = sqrt_a @ cov_b @ sqrt_a
+    tr_sqrt = torch.linalg.eigvalsh((mid + mid.T) / 2).clamp_min(0).sqrt().sum()
+    fd = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt
+    return float(fd.clamp_min(0))
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Anything that maps images (B, 3, H, W) in [0, 1] to features (B, D), and says what it is.
+
+    ``name`` is recorded next to every FID it produces (e.g. ``"classifier-FID[...]"``).
+    """
+
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The attribute classifier (architecture, safetensors save/load)
+# ---------------------------------------------------------------------------------------------
+
+class AttributeClassifier(nn.Module):
+    """Small CNN: 64x64 RGB in [0, 1] -> ``feature_dim`` features -> one logit vector per attribute.
+
+    Spatial layout survives to the features (4x4 pooled map, flattened), so position is learnable.
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = 128, image_size: int = 64):
+        super().__init__()
+        self.config = {"width": width, "feature_dim": feature_dim, "image_size": image_size,
+                       "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}}
+        w = width
+
+        def block(cin, cout, stride):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
+
+        self.body = nn.Sequential(block(3, w, 1), block(w, w, 2), block(w, 2 * w, 2), block(2 * w, 4 * w, 2),
+                                  block(4 * w, 4 * w, 1), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.proj = nn.Linear(4 * w * 16, feature_dim)
+        self.heads = nn.ModuleList(nn.Linear(feature_dim, len(v)) for v in ATTRIBUTES.values())
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (B, feature_dim) of images (B, 3, H, W) in [0, 1]."""
+        x = _check_images("images", images)
+        if x.shape[-1] != self.config["image_size"] or x.shape[-2] != self.config["image_size"]:
+            x = F.interpolate(x, size=self.config["image_size"], mode="bilinear", antialias=True, align_corners=False)
+        return F.silu(self.proj(self.body((x - 0.5) / 0.25)))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Logits per attribute, in `splitldm.eval.data.ATTRIBUTE_NAMES` order: list of (B, n_values)."""
+        f = self.features(images)
+        return [h(f) for h in self.heads]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted attribute labels (B, 5) int64."""
+        return torch.stack([lg.argmax(1) for lg in self(images)], 1)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` to ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(self.config, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "AttributeClassifier":
+        """Load from a folder written by `save` (safetensors only; clear errors on missing/corrupt files)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        missing = [f for f in ("config.json", "model.safetensors") if not (folder / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"path: {folder} is not a classifier folder; missing {missing}")
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            model = cls(width=int(cfg["width"]), feature_dim=int(cfg["feature_dim"]),
+                        image_size=int(cfg.get("image_size", 64)))
+            if cfg.get("attributes") and cfg["attributes"] != model.config["attributes"]:
+                raise ValueError("attribute vocabulary differs from splitldm.eval.data.ATTRIBUTES")
+            state = load_file(str(folder / "model.safetensors"))
+            model.load_state_dict(state)
+        except (json.JSONDecodeError, KeyError, SafetensorError, RuntimeError, ValueError, OSError) as exc:
+            raise ValueError(f"path: could not load the classifier from {folder}: {exc}") from exc
+        return model.eval()
+
+
+def load_classifier(name_or_path: str | os.PathLike = "classifier") -> AttributeClassifier:
+    """The shipped attribute classifier (``"classifier"`` -> ``checkpoints/classifier``) or a folder."""
+    from splitldm.zoo import checkpoints_dir
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path: expected a name or a path, got {type(name_or_path).__name__}")
+    path = checkpoints_dir() / "classifier" if str(name_or_path) == "classifier" else Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"name_or_path: no classifier folder at {path}")
+    return AttributeClassifier.load(path)
+
+
+class ClassifierFeatures:
+    """`FeatureExtractor` from the attribute classifier's penultimate layer ("classifier-FID")."""
+
+    def __init__(self, classifier: AttributeClassifier | str | os.PathLike = "classifier", batch_size: int = 256):
+        self.model = classifier if isinstance(classifier, AttributeClassifier) else load_classifier(classifier)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.name = f"classifier-FID[splitldm attribute classifier, {self.model.config['feature_dim']}-d penultimate]"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = _check_images("images", images)
+        return torch.cat([self.model.features(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+
+class InceptionFeatures:
+    """`FeatureExtractor`: Inception-v3 (FID network) 2048-d pool features from a LOCAL weights file.
+
+    ``weights_path`` must be torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (or the
+    same weights saved elsewhere). Nothing is downloaded: no path, or a missing file, is an error.
+    """
+
+    def __init__(self, weights_path: str | os.PathLike | None, feature: int = 2048):
+        if weights_path is None:
+            raise ValueError("weights_path: Inception FID needs a local Inception-v3 weights file "
+                             "(torch-fidelity's pt_inception-2015-12-05 .pth); splitldm never downloads it. "
+                             "Use ClassifierFeatures for offline classifier-FID instead.")
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights_path: no such file {path}")
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        self.model = FeatureExtractorInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
+                                                 feature_extractor_weights_path=str(path)).eval()
+        self.feature = str(feature)
+        self.name = f"Inception-FID[inception-v3-compat pool {feature}-d, weights {path.name}]"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = (_check_images("images", images).clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.model(x)[0].reshape(len(x), -1).double()
+
+
+def fid(real: torch.Tensor, generated: torch.Tensor, extractor: FeatureExtractor) -> dict:
+    """FID between image sets (N, 3, H, W) and (M, 3, H, W) in [0, 1] under ``extractor``.
+
+    Returns ``{"fid": float, "extractor": extractor.name, "n_real": N, "n_generated": M}`` so that
+    the number always travels with the network that produced it.
+    """
+    if not isinstance(extractor, FeatureExtractor):
+        raise TypeError("extractor: expected a FeatureExtractor (callable with a `name`)")
+    fr, fg = extractor(_check_images("real", real)), extractor(_check_images("generated", generated))
+    return {"fid": frechet_distance(fr, fg), "extractor": extractor.name, "n_real": len(fr), "n_generated": len(fg)}
+
+
+def prompt_adherence(images: torch.Tensor, prompts: Sequence[str],
+                     classifier: AttributeClassifier | None = None, per_attribute: bool = False):
+    """Share of ``images`` (B, 3, H, W) in [0, 1] whose predicted attributes ALL match their prompt.
+
+    Each prompt is parsed back into attributes (`splitldm.eval.data.parse_caption`); attributes a prompt
+    does not name are not checked. With ``per_attribute`` also returns per-attribute accuracies.
+    """
+    x = _check_images("images", images)
+    if not isinstance(prompts, str) and len(prompts) == 0:
+        raise ValueError("prompts: the prompt list is empty")
+    if isinstance(prompts, str) or len(prompts) != len(x):
+        raise ValueError(f"prompts: expected a list of {len(x)} strings, got {type(prompts).__name__}")
+    model = classifier if classifier is not None else load_classifier()
+    pred = torch.cat([model.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+    ok = torch.ones(len(x), dtype=torch.bool)
+    per = {}
+    for j, k in enumerate(ATTRIBUTE_NAMES):
+        want = [parse_caption(p)[k] for p in prompts]
+        named = torch.tensor([w is not None for w in want])
+        target = torch.tensor([w if w is not None else -1 for w in want])
+        match = (pred[:, j] == target) | ~named
+        ok &= match
+        per[k] = float(match[named].float().mean()) if named.any() else float("nan")
+    share = float(ok.float().mean())
+    return (share, per) if per_attribute else share
+
+
+__all__ = ["psnr", "ssim", "frechet_distance", "FeatureExtractor", "AttributeClassifier", "load_classifier",
+           "ClassifierFeatures", "InceptionFeatures", "fid", "prompt_adherence"]

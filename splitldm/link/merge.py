@@ -1,0 +1,126 @@
+"""`TokenMerge`: the link stage that merges a payload's latent tokens on the ES and unmerges them on the UE.
+
+The merging primitives (`plan_merge`, `MergePlan`) live in `splitldm.tome`; this stage only applies them to
+the payload's primary tensors and carries the index map as lossless side information.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from splitldm.link.stack import LinkStage
+from splitldm.tome import _SIMILARITIES, MergePlan, _check_pos_int, _check_ratio, plan_merge
+
+_META_KEY = "token_merge"
+_INDEX_SUFFIX = ".merge_index"
+
+
+class TokenMerge(LinkStage):
+    """Link stage: merge the tokens of each primary ``(B, C, H, W)`` tensor on send, unmerge on receive.
+
+    On send, a tensor is read as ``N = H * W`` tokens of ``C`` channels, merged with `plan_merge`
+    (matching on the tensor itself) to ``M = N - r`` tokens, ``r = int(ratio * N)``, and replaced by
+    the merged tokens as a ``(B, C, 1, M)`` strip (4-D, so codec and channel stages apply unchanged).
+    The index map crosses losslessly as side information: a uint8 tensor ``"<name>.merge_index"`` of
+    ``ceil(bits / 8)`` bytes, ``bits = side_info_bits(...)`` (exact figure also in
+    ``meta["token_merge"][name]["side_info_bits"]``). So ``payload.tensor_bits()`` after send is
+    ``B*C*M*dtype_bits + 8*ceil(bits/8)`` for each merged tensor. Receive unmerges back to
+    ``(B, C, H, W)``: each merged source takes its destination's received value.
+
+    Args:
+        ratio: fraction of tokens removed, in ``[0, 1)``; 0 passes the payload through untouched.
+        sx, sy: destination window (tokens).
+        use_rand: draw each window's destination from the link's generator (costs
+            ``ceil(log2(sx*sy))`` bits per window); False: the top-left token (0 extra bits).
+        similarity: ``"euclidean"`` (default: merge the pairs closest in L2, which minimises the
+            reconstruction error) or ``"cosine"`` (ToMe's matching).
+        names: which primary tensors to merge (default: all primary tensors).
+    """
+
+    def __init__(self, ratio: float = 0.5, sx: int = 2, sy: int = 2, use_rand: bool = False,
+                 similarity: str = "euclidean", names: Sequence[str] | None = None):
+        super().__init__()
+        self.ratio = _check_ratio(ratio)
+        self.sx, self.sy = _check_pos_int(sx, "sx"), _check_pos_int(sy, "sy")
+        if not isinstance(use_rand, bool):
+            raise TypeError(f"use_rand: expected a bool, got {type(use_rand).__name__}")
+        self.use_rand = use_rand
+        if similarity not in _SIMILARITIES:
+            raise ValueError(f"similarity: expected one of {_SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
+        if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
+            raise TypeError("names: expected a sequence of tensor names")
+        self.names = None if names is None else tuple(names)
+
+    def note(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "sx": self.sx, "sy": self.sy, "use_rand": self.use_rand,
+                "similarity": self.similarity}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.note().items())
+
+    def _targets(self, payload) -> tuple[str, ...]:
+        if self.names is None:
+            return payload.primary
+        missing = [n for n in self.names if n not in payload.primary]
+        if missing:
+            raise ValueError(f"names: {missing} are not primary tensors of the payload {list(payload.primary)}")
+        return self.names
+
+    def send(self, payload, context, generator):
+        if self.ratio == 0:
+            return payload
+        info = dict(payload.meta.get(_META_KEY, {}))
+        tensors = dict(payload.tensors)
+        for name in self._targets(payload):
+            x = tensors[name]
+            if x.ndim != 4:
+                raise ValueError(f"payload.tensors[{name!r}]: TokenMerge expects shape (B, C, H, W), got {tuple(x.shape)}")
+            if x.is_complex() or not x.is_floating_point():
+                raise TypeError(f"payload.tensors[{name!r}]: expected a real floating tensor, got {x.dtype}")
+            if name in info or name + _INDEX_SUFFIX in tensors:
+                raise ValueError(f"payload.tensors[{name!r}]: already token-merged")
+            b, c, h, w = x.shape
+            if self.sx > w or self.sy > h:
+                raise ValueError(f"sx, sy: window {self.sx}x{self.sy} larger than the {h}x{w} grid of {name!r}")
+            tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+            plan = plan_merge(tokens.float(), (h, w), self.ratio, sx=self.sx, sy=self.sy,
+                              generator=generator if self.use_rand else None, similarity=self.similarity)
+            merged = plan.merge(tokens.float()).to(x.dtype)  # (B, M, C)
+            tensors[name] = merged.transpose(1, 2).unsqueeze(2).contiguous()  # (B, C, 1, M)
+            tensors[name + _INDEX_SUFFIX] = plan.encode()
+            info[name] = {"size": [h, w], "r": plan.r, "sx": self.sx, "sy": self.sy,
+                          "random": plan.choice is not None, "batch": b,
+                          "side_info_bits": plan.side_info_bits()}
+        return payload.replace(tensors=tensors, meta={**payload.meta, _META_KEY: info})
+
+    def receive(self, payload, context, generator):
+        info = payload.meta.get(_META_KEY)
+        if not info:  # nothing was merged (ratio 0, or no TokenMerge upstream)
+            return payload
+        if not isinstance(info, dict):
+            raise ValueError(f"payload.meta[{_META_KEY!r}]: expected a dict of per-tensor merge records")
+        tensors = dict(payload.tensors)
+        for name, rec in info.items():
+            index_name = name + _INDEX_SUFFIX
+            if name not in tensors or index_name not in tensors:
+                raise ValueError(f"payload: index map {index_name!r} or tensor {name!r} missing")
+            try:
+                (h, w), r, sx, sy = rec["size"], int(rec["r"]), int(rec["sx"]), int(rec["sy"])
+                random, b = bool(rec["random"]), int(rec["batch"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"payload.meta[{_META_KEY!r}][{name!r}]: malformed merge record ({exc})") from exc
+            y = tensors[name]
+            m = h * w - r
+            if y.ndim != 4 or y.shape[0] != b or y.shape[2] != 1 or y.shape[3] != m:
+                raise ValueError(f"payload.tensors[{name!r}]: expected merged tokens ({b}, C, 1, {m}) for the "
+                                 f"index map, got {tuple(y.shape)}")
+            try:
+                plan = MergePlan.decode(tensors.pop(index_name), (h, w), r, sx=sx, sy=sy, random=random,
+                                        batch_size=b, device=y.device)
+            except ValueError as exc:
+                raise ValueError(f"payload.tensors[{index_name!r}]: index map does not match ({exc})") from exc
+            tokens = plan.unmerge(y.squeeze(2).transpose(1, 2))  # (B, N, C)
+            tensors[name] = tokens.transpose(1, 2).reshape(b, y.shape[1], h, w).contiguous()
+        meta = {k: v for k, v in payload.meta.items() if k != _META_KEY}
+        return payload.replace(tensors=tensors, meta=meta)

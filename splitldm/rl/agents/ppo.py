@@ -1,0 +1,146 @@
+"""PPO with a continuous action, one file: transmit power across fading blocks (MEG, Zhong et al.).
+
+The policy is a diagonal Gaussian over ``u`` in R^M; the action sent to the environment is
+``sigmoid(u)`` in [0, 1]^M, which `SeedPower` projects onto the power simplex. Ratios and
+log-probabilities are taken in ``u`` space (the squashing is part of the environment).
+Hyper-parameters in `PPOConfig`; train with ``PPO.train_on(SeedPower(), cfg)``. ``gamma = 0`` by
+default: the seeds of a `SeedPower` episode are independent (the next seed's gains do not depend on
+the action), so the return is the immediate reward; bootstrapping across seeds (gamma 0.97) only
+added value noise and left the policy below equal power.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from splitldm.rl.agents.common import check_obs, load_policy_files, mlp, save_policy
+
+
+@dataclass
+class PPOConfig:
+    total_steps: int = 40_000
+    hidden: int = 128
+    lr: float = 1e-3
+    gamma: float = 0.0               # independent seeds (see the module docstring)
+    gae_lambda: float = 0.95
+    rollout: int = 1024
+    epochs: int = 10
+    minibatch: int = 128
+    clip: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    log_std_init: float = -0.5
+    seed: int = 0
+
+
+class PPO:
+    algorithm = "ppo"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: PPOConfig | None = None):
+        if not isinstance(obs_dim, int) or obs_dim < 1 or not isinstance(act_dim, int) or act_dim < 1:
+            raise ValueError(f"obs_dim, act_dim: expected ints >= 1, got {obs_dim!r}, {act_dim!r}")
+        self.cfg = config or PPOConfig()
+        torch.manual_seed(self.cfg.seed)
+        h = self.cfg.hidden
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.mean = mlp([obs_dim, h, h, act_dim], out_gain=0.01)
+        self.log_std = torch.nn.Parameter(torch.full((act_dim,), self.cfg.log_std_init))
+        self.value = mlp([obs_dim, h, h, 1])
+        self.opt = torch.optim.Adam([*self.mean.parameters(), self.log_std, *self.value.parameters()],
+                                    lr=self.cfg.lr, eps=1e-5)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.history: dict[str, list[float]] = {"step": [], "episode_reward": []}
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool = True) -> np.ndarray:
+        mu = self.mean(check_obs(obs, self.obs_dim))[0]
+        u = mu if deterministic else mu + self.log_std.exp() * torch.randn(mu.shape, generator=self.gen)
+        return torch.sigmoid(u).numpy().astype(np.float32)
+
+    def _logp(self, obs, u):
+        mu = self.mean(obs)
+        std = self.log_std.exp()
+        return (-0.5 * ((u - mu) / std) ** 2 - self.log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+    @classmethod
+    def train_on(cls, env, config: PPOConfig | None = None, log=None) -> "PPO":
+        cfg = config or PPOConfig()
+        agent = cls(int(env.observation_space.shape[0]), int(env.action_space.shape[0]), cfg)
+        obs, _ = env.reset(seed=cfg.seed)
+        ep_r, episode, step, t0 = 0.0, 0, 0, time.time()
+        n = cfg.rollout
+        while step < cfg.total_steps:
+            O = np.zeros((n, agent.obs_dim), np.float32)
+            U = np.zeros((n, agent.act_dim), np.float32)
+            R, D, LP = (np.zeros(n, np.float32) for _ in range(3))
+            for t in range(n):
+                O[t] = obs
+                with torch.no_grad():
+                    ot = torch.from_numpy(np.asarray(obs, np.float32))[None]
+                    mu = agent.mean(ot)[0]
+                    u = mu + agent.log_std.exp() * torch.randn(mu.shape, generator=agent.gen)
+                    LP[t] = float(agent._logp(ot, u[None])[0])
+                U[t] = u.numpy()
+                obs, r, term, trunc, info = env.step(torch.sigmoid(u).numpy().astype(np.float32))
+                R[t], D[t] = r, float(term or trunc)
+                ep_r += r
+                step += 1
+                if term or trunc:
+                    episode += 1
+                    agent.history["step"].append(step)
+                    agent.history["episode_reward"].append(ep_r)
+                    if log and episode % 100 == 0:
+                        log(f"ppo step {step}: episode reward {ep_r:.3f} ({time.time() - t0:.0f} s)")
+                    ep_r = 0.0
+                    obs, _ = env.reset(seed=cfg.seed + 1 + episode)
+            with torch.no_grad():
+                v = agent.value(torch.from_numpy(O))[:, 0].numpy()
+                last = float(agent.value(torch.from_numpy(np.asarray(obs, np.float32))[None]))
+            adv = np.zeros(n, np.float32)
+            g = 0.0
+            for t in reversed(range(n)):
+                nxt = last if t == n - 1 else v[t + 1]
+                delta = R[t] + cfg.gamma * nxt * (1 - D[t]) - v[t]
+                g = delta + cfg.gamma * cfg.gae_lambda * (1 - D[t]) * g
+                adv[t] = g
+            ret = adv + v
+            advn = (adv - adv.mean()) / (adv.std() + 1e-8)
+            T = {k: torch.from_numpy(x) for k, x in dict(o=O, u=U, lp=LP, adv=advn, ret=ret).items()}
+            for _ in range(cfg.epochs):
+                perm = torch.randperm(n, generator=agent.gen)
+                for s in range(0, n, cfg.minibatch):
+                    i = perm[s:s + cfg.minibatch]
+                    logp = agent._logp(T["o"][i], T["u"][i])
+                    ratio = (logp - T["lp"][i]).exp()
+                    pg = -torch.min(ratio * T["adv"][i], ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * T["adv"][i]).mean()
+                    vloss = F.mse_loss(agent.value(T["o"][i])[:, 0], T["ret"][i])
+                    loss = pg + cfg.vf_coef * vloss - cfg.ent_coef * agent.log_std.sum()
+                    agent.opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_([*agent.mean.parameters(), agent.log_std, *agent.value.parameters()], 0.5)
+                    agent.opt.step()
+        return agent
+
+    def save(self, directory: str | Path) -> Path:
+        holder = torch.nn.Module()
+        holder.log_std = self.log_std
+        return save_policy(directory, {"mean": self.mean, "value": self.value, "std": holder},
+                           {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+                            "config": asdict(self.cfg), "history": self.history})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PPO":
+        weights, meta = load_policy_files(directory, cls.algorithm)
+        agent = cls(meta["obs_dim"], meta["act_dim"], PPOConfig(**meta["config"]))
+        agent.mean.load_state_dict(weights["mean"])
+        agent.value.load_state_dict(weights["value"])
+        with torch.no_grad():
+            agent.log_std.copy_(weights["std"]["log_std"])
+        agent.history = meta["history"]
+        return agent

@@ -1,0 +1,1 @@
+"""Gymnasium environments of mobile edge generation (importing registers them under ``splitldm/``)."""
