@@ -33,7 +33,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from splitldm.pipeline.tokenizer import DEFAULT_WORDS, build_clip_tokenizer
+from splitldm.pipeline.tokenizer import DEFAULT_WORDS, build_clip_tokenizer, build_t5_tokenizer
 from splitldm.zoo import checkpoints_dir
 
 #: Noise schedule shared by SD-1.x / SD-2.x (``scaled_linear`` betas).
@@ -48,6 +48,15 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "dpm++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2, steps_offset=1)),
     "lcm": (LCMScheduler, dict(clip_sample=False, set_alpha_to_one=True, steps_offset=1)),
     "pndm": (PNDMScheduler, dict(skip_prk_steps=True, steps_offset=1)),
+}
+
+#: Schedulers of the flow-matching families (SD3, Flux), by short name. The flow-sigma solvers take
+#: their shift from the pipeline's own scheduler config (``shift`` -> ``flow_shift``).
+FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "flow-dpm++": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2,
+                                                       use_flow_sigmas=True, prediction_type="flow_prediction")),
+    "flow-unipc": ("UniPCMultistepScheduler", dict(use_flow_sigmas=True, prediction_type="flow_prediction")),
 }
 
 
@@ -192,8 +201,10 @@ def make_scheduler(name: str, base_config: dict[str, Any] | None = None):
     ``base_config`` (e.g. an existing scheduler's ``config``) supplies the noise schedule, so a real
     pipeline keeps its betas; the short name's own settings override the solver options.
     """
+    if isinstance(name, str) and name in FLOW_SCHEDULERS:
+        return _make_flow_scheduler(name, base_config)
     if not isinstance(name, str) or name not in SCHEDULERS:
-        raise ValueError(f"scheduler: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
+        raise ValueError(f"scheduler: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS) + sorted(FLOW_SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
     schedule = dict(SD_SCHEDULE)
     if base_config is not None:
@@ -202,6 +213,24 @@ def make_scheduler(name: str, base_config: dict[str, Any] | None = None):
             if key in base_config and base_config[key] is not None:
                 schedule[key] = base_config[key]
     return cls(**schedule, **extra)
+
+
+_FLOW_KEYS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
+              "base_image_seq_len", "max_image_seq_len", "time_shift_type")
+
+
+def _make_flow_scheduler(name: str, base_config: dict[str, Any] | None):
+    import diffusers
+
+    cls_name, extra = FLOW_SCHEDULERS[name]
+    base = {k: base_config[k] for k in _FLOW_KEYS if base_config and base_config.get(k) is not None}
+    if cls_name == "FlowMatchEulerDiscreteScheduler":
+        return diffusers.FlowMatchEulerDiscreteScheduler(**base)
+    kwargs = dict(extra, num_train_timesteps=base.get("num_train_timesteps", 1000),
+                  flow_shift=float(base.get("shift", 1.0)))
+    if base.get("use_dynamic_shifting"):  # Flux: the shift comes from the image size (mu) each call
+        kwargs.update(use_dynamic_shifting=True, time_shift_type="exponential")
+    return getattr(diffusers, cls_name)(**kwargs)
 
 
 def build_unet(name: str = "tiny", seed: int = 0, device: str | torch.device = "cpu") -> UNet2DConditionModel:
@@ -239,16 +268,153 @@ def _build(factory, seed: int, device):
     return model.to(device).eval()
 
 
-def build_pipeline(name: str = "tiny-random", seed: int = 0, scheduler: str | None = None,
-                   words=DEFAULT_WORDS) -> StableDiffusionPipeline:
-    """A complete `StableDiffusionPipeline` of config ``name`` with seeded random weights, offline.
+# ---------------------------------------------------------------- tiny pipelines of every family
+# Seeded random weights, built offline in well under a second; sized like diffusers' own tests'
+# ``get_dummy_components()`` but with the real latent layouts (SD3 / Flux: 16 latent channels, 8x VAE).
+_TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=16, hidden_act="gelu", projection_dim=32, layer_norm_eps=1e-5)
+_TINY_T5 = dict(d_model=64, d_kv=16, d_ff=64, num_layers=1, num_heads=4, relative_attention_num_buckets=8,
+                relative_attention_max_distance=16, feed_forward_proj="gated-gelu", dense_act_fn="gelu_new",
+                is_encoder_decoder=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
-    Same ``seed``, same weights. The tokenizer is built from ``words`` (see `splitldm.pipeline.tokenizer`).
-    Meant for the tiny config; SD-1.5-size configs build too but take gigabytes of memory.
+
+def _tiny_vae(latent_channels: int = 4, **kwargs) -> dict[str, Any]:
+    """An 8x AutoencoderKL of 16-channel blocks (64 px images <-> ``latent_channels`` x 8 x 8)."""
+    return dict(in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=1,
+                block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=64, **kwargs)
+
+
+def _tiny_clip(seed: int, vocab_size: int, projection: bool):
+    from transformers import CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(**_TINY_CLIP, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return _build(lambda: (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg), seed, "cpu")
+
+
+def _tiny_t5(seed: int, vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return _build(lambda: T5EncoderModel(T5Config(**_TINY_T5, vocab_size=vocab_size)), seed, "cpu")
+
+
+def _tiny_sdxl(seed: int, scheduler: str | None, words):
+    from diffusers import StableDiffusionXLPipeline
+
+    tok = build_clip_tokenizer(words, model_max_length=_TINY_CLIP["max_position_embeddings"])
+    unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                use_linear_projection=True, transformer_layers_per_block=(1, 2), norm_num_groups=8,
+                cross_attention_dim=64,  # the two encoders' hidden states side by side: 32 + 32
+                addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + 32)  # 6 time ids x 8 + pooled (projection) 32
+    return StableDiffusionXLPipeline(
+        vae=_build(lambda: AutoencoderKL(**_tiny_vae(scaling_factor=0.13025, force_upcast=False)), seed, "cpu"),
+        text_encoder=_tiny_clip(seed + 1, len(tok), projection=False),
+        text_encoder_2=_tiny_clip(seed + 2, len(tok), projection=True),
+        tokenizer=tok, tokenizer_2=tok,
+        unet=_build(lambda: UNet2DConditionModel(**unet), seed + 3, "cpu"),
+        scheduler=make_scheduler(scheduler or "euler", dict(SD_SCHEDULE, timestep_spacing="leading")),
+        force_zeros_for_empty_prompt=True, add_watermarker=False,
+    )
+
+
+def _tiny_sd3(seed: int, scheduler: str | None, words):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tok = build_clip_tokenizer(words, model_max_length=_TINY_CLIP["max_position_embeddings"])
+    t5_tok = build_t5_tokenizer(words)
+    transformer = dict(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                       attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                       joint_attention_dim=64,  # T5 width; the CLIP pair (32 + 32) is zero-padded to it
+                       pooled_projection_dim=64, pos_embed_max_size=16)
+    base = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return StableDiffusion3Pipeline(
+        vae=_build(lambda: AutoencoderKL(**_tiny_vae(16, use_quant_conv=False, use_post_quant_conv=False,
+                                                     shift_factor=0.0609, scaling_factor=1.5035)), seed, "cpu"),
+        text_encoder=_tiny_clip(seed + 1, len(tok), projection=True), tokenizer=tok,
+        text_encoder_2=_tiny_clip(seed + 2, len(tok), projection=True), tokenizer_2=tok,
+        text_encoder_3=_tiny_t5(seed + 3, len(t5_tok)), tokenizer_3=t5_tok,
+        transformer=_build(lambda: SD3Transformer2DModel(**transformer), seed + 4, "cpu"),
+        scheduler=make_scheduler(scheduler, dict(base.config)) if scheduler else base,
+    )
+
+
+def _tiny_pixart(seed: int, scheduler: str | None, words, sigma: bool = False):
+    from diffusers import PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    t5_tok = build_t5_tokenizer(words)
+    transformer = dict(sample_size=32,  # 32 -> the 256 px aspect-ratio bins (resolution binning works)
+                       num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+                       caption_channels=64, in_channels=4, out_channels=8,  # learned sigma: 2 x 4
+                       cross_attention_dim=24, attention_bias=True, activation_fn="gelu-approximate",
+                       num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False,
+                       norm_eps=1e-6)
+    schedule = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    return cls(
+        tokenizer=t5_tok, text_encoder=_tiny_t5(seed + 1, len(t5_tok)),
+        vae=_build(lambda: AutoencoderKL(**_tiny_vae(scaling_factor=0.18215)), seed, "cpu"),
+        transformer=_build(lambda: PixArtTransformer2DModel(**transformer), seed + 2, "cpu"),
+        scheduler=make_scheduler(scheduler or "dpm++", schedule),
+    )
+
+
+def _tiny_flux(seed: int, scheduler: str | None, words, dev: bool = True):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tok = build_clip_tokenizer(words, model_max_length=_TINY_CLIP["max_position_embeddings"])
+    t5_tok = build_t5_tokenizer(words)
+    transformer = dict(patch_size=1, in_channels=64,  # 16 latent channels packed 2 x 2
+                       num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                       joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+                       guidance_embeds=dev)
+    # FLUX.1-dev: guidance-distilled, dynamic shift; FLUX.1-schnell: no guidance input, fixed shift 1.
+    base = (FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096) if dev
+            else FlowMatchEulerDiscreteScheduler(shift=1.0))
+    return FluxPipeline(
+        vae=_build(lambda: AutoencoderKL(**_tiny_vae(16, use_quant_conv=False, use_post_quant_conv=False,
+                                                     shift_factor=0.1159, scaling_factor=0.3611)), seed, "cpu"),
+        text_encoder=_tiny_clip(seed + 1, len(tok), projection=False), tokenizer=tok,
+        text_encoder_2=_tiny_t5(seed + 2, len(t5_tok)), tokenizer_2=t5_tok,
+        transformer=_build(lambda: FluxTransformer2DModel(**transformer), seed + 3, "cpu"),
+        scheduler=make_scheduler(scheduler, dict(base.config)) if scheduler else base,
+    )
+
+
+#: Tiny random pipelines of the other families, by `build_pipeline` name. Images: 64 px (PixArt's
+#: default is 256 px, its smallest aspect-ratio bin; Flux's default is 1024 px: pass ``height``/``width``).
+TINY_FAMILIES: dict[str, Any] = {
+    "sdxl-tiny-random": _tiny_sdxl,
+    "sd3-tiny-random": _tiny_sd3,
+    "pixart-tiny-random": _tiny_pixart,
+    "pixart-sigma-tiny-random": lambda seed, scheduler, words: _tiny_pixart(seed, scheduler, words, sigma=True),
+    "flux-tiny-random": _tiny_flux,
+    "flux-schnell-tiny-random": lambda seed, scheduler, words: _tiny_flux(seed, scheduler, words, dev=False),
+}
+
+
+def build_pipeline(name: str = "tiny-random", seed: int = 0, scheduler: str | None = None,
+                   words=DEFAULT_WORDS):
+    """A complete pipeline of config ``name`` with seeded random weights, offline.
+
+    ``tiny-random`` / ``micro-random`` (and the spec names, e.g. ``sd15-random``) give a
+    `StableDiffusionPipeline`; the `TINY_FAMILIES` names give the other families' tiny pipelines
+    (``sdxl-tiny-random``, ``sd3-tiny-random``, ``pixart-tiny-random``, ``pixart-sigma-tiny-random``,
+    ``flux-tiny-random`` (dev-like), ``flux-schnell-tiny-random``). Same ``seed``, same weights.
+    Tokenizers are built from ``words`` (see `splitldm.pipeline.tokenizer`). ``scheduler``: a
+    `SCHEDULERS` name, or a `FLOW_SCHEDULERS` name for SD3 / Flux. SD-1.5-size configs build too but
+    take gigabytes of memory.
     """
-    spec = get_spec(name)
-    if not isinstance(seed, int):
+    if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    if isinstance(name, str) and name in TINY_FAMILIES:
+        pipe = TINY_FAMILIES[name](seed, scheduler, words)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    spec = get_spec(name)
     tokenizer = build_clip_tokenizer(words, model_max_length=spec.text_encoders[0]["max_position_embeddings"])
     pipe = StableDiffusionPipeline(
         vae=build_vae(spec.name, seed),

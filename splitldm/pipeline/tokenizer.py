@@ -110,3 +110,42 @@ def build_clip_tokenizer(
         bos_token=BOS,
         eos_token=EOS,
     )
+
+
+#: The T5 sentencepiece word-start marker.
+_SPACE = "\u2581"
+
+
+def build_t5_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 512):
+    """Build a Unigram `T5TokenizerFast` in which each of ``words`` is one piece, offline.
+
+    Ids follow T5: ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, then ``▁`` (word start), the single
+    characters of `ALPHABET` + `PUNCTUATION` (each also word-initial, ``▁c``), then ``▁word`` for each
+    word. Listed words score higher than their pieces, so Unigram keeps them whole; other words fall
+    back to characters, unknown characters to ``<unk>``. Text is lower-cased first. ``</s>`` is
+    appended to every sequence, as T5 does. No sentinel (``<extra_id_*>``) tokens.
+
+    Args:
+        words: the whole-word vocabulary (lower case letters and digits only).
+        model_max_length: the longest sequence the tokenizer reports (pipelines pad to their own
+            ``max_sequence_length``).
+    """
+    from tokenizers import normalizers
+    from transformers import T5TokenizerFast
+
+    words = list(dict.fromkeys(w.strip().lower() for w in words))
+    if not words:
+        raise ValueError("words: need at least one word")
+    bad = [w for w in words if not w or any(c not in ALPHABET for c in w)]
+    if bad:
+        raise ValueError(f"words: only characters {ALPHABET!r} are allowed, got {bad[:5]}")
+    if not isinstance(model_max_length, int) or model_max_length < 2:
+        raise ValueError(f"model_max_length: must be an int >= 2, got {model_max_length!r}")
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (_SPACE, -2.0)]
+    for c in ALPHABET + PUNCTUATION:
+        vocab += [(c, -5.0), (_SPACE + c, -5.5)]
+    known = {piece for piece, _ in vocab}
+    vocab += [(_SPACE + w, -1.0) for w in words if _SPACE + w not in known]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+    tokenizer._tokenizer.normalizer = normalizers.Lowercase()
+    return tokenizer
