@@ -143,3 +143,58 @@ def test_bad_cost_inputs():
         split_cost(TOY, 4, snr_db=float("nan"))
     with pytest.raises(ValueError, match="steps"):
         split_cost(TOY, 0, 0)
+
+
+# --------------------------------------------------------------------------- DiT families (issue 13)
+
+@pytest.mark.parametrize("name, step_tflop, text_gflop, latent", [
+    ("sd3", (8.0, 10.0), (2300, 2700), (16, 128, 128)),     # 24 joint blocks over 4096 + 333 tokens; T5 over 256
+    ("pixart", (6.0, 7.0), (1000, 1300), (4, 128, 128)),    # 28 blocks; T5-XXL over 120 tokens
+    ("flux", (70.0, 80.0), (4500, 5500), (16, 128, 128)),   # 19 double + 38 single blocks; T5 over 512
+])
+def test_dit_model_flops_of_the_real_configs(name, step_tflop, text_gflop, latent):
+    f = model_flops(name)
+    assert step_tflop[0] * 1e12 < f.unet_step < step_tflop[1] * 1e12 and f.denoiser_step == f.unet_step
+    assert text_gflop[0] * 1e9 < f.text_encode < text_gflop[1] * 1e9
+    assert f.latent_shape == latent and f.image_shape == (3, 1024, 1024)
+    assert 9e12 < f.vae_decode < 12e12  # the 1024 px SD-family VAE decoder: ~10.5 TFLOP
+    assert model_flops(name, image_size=512).unet_step < f.unet_step / 3  # a quarter of the image tokens
+
+
+def test_dit_step_flops_match_the_block_chain_cut_table():
+    from splitldm.analysis.costs import dit_step_flops
+    from splitldm.pipeline.dit_chain import dit_chain
+    from splitldm.pipeline.dit_specs import get_dit_spec
+
+    spec = get_dit_spec("pixart")
+    rows = dit_chain(spec.build_transformer()).cut_table(height=64, width=64, text_length=120)
+    assert dit_step_flops("pixart", 64) == rows[0].flops_ue
+    with pytest.raises(ValueError, match="image_size"):
+        model_flops("flux", image_size=1000)
+    with pytest.raises(ValueError, match="name"):
+        model_flops("sd4")
+    with pytest.raises(TypeError, match="spec"):
+        dit_step_flops(3, 64)
+
+
+def test_model_params_of_the_real_configs():
+    from splitldm.analysis.costs import model_params
+
+    # Denoiser + VAE + text encoders: SD3-medium 2.0 B + 4.7 B T5 + 0.8 B CLIPs; Flux 11.9 B + 4.8 B.
+    assert 7.0e9 < model_params("sd3") < 8.0e9
+    assert 16.0e9 < model_params("flux") < 17.5e9
+    assert 5.0e9 < model_params("pixart") < 5.6e9
+    assert 0.9e9 < model_params("sd15") < 1.2e9
+
+
+@pytest.mark.parametrize("name", ["sd3", "pixart", "flux"])
+def test_meg_environment_accepts_dit_models(name):
+    from splitldm.rl.envs.meg import MEGRates
+
+    env = MEGRates(model=name)
+    assert env.flops.model == name and env.flops.unet_step == model_flops(name).unet_step
+    obs, _ = env.reset(seed=0)
+    _, reward, *_ = env.step(env.action_space.sample())
+    assert np.isfinite(reward)
+    env2 = MEGRates(model=model_flops(name))  # a ModelFlops works as well
+    assert env2.flops == env.flops

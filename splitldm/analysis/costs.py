@@ -2,8 +2,8 @@
 latency and energy.
 
 FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on the ``meta`` device, so any
-diffusers config (SD-1.5, SD-2.1, SDXL, the tiny model, a user's own config dict) is costed in a
-second without weights. Attention is counted: on meta, `scaled_dot_product_attention` runs through
+diffusers config (SD-1.5, SD-2.1, SDXL, the tiny model, a user's own config dict, and the DiTs SD3,
+PixArt and Flux of `splitldm.pipeline.dit_specs`) is costed in a second without weights. Attention is counted: on meta, `scaled_dot_product_attention` runs through
 its math path (``aten.bmm``), which the counter sees (SD-1.5 at 512 px: 126 GFLOP of its 803).
 
 Cost of one task (``es_steps`` denoising steps on the edge server, ``ue_steps`` on the device)::
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "ModelFlops", "count_flops", "model_flops", "unet_step_flops", "text_encode_flops", "vae_decode_flops",
+    "ModelFlops", "count_flops", "model_flops", "unet_step_flops", "dit_step_flops", "text_encode_flops",
+    "vae_decode_flops", "model_params",
     "DeviceProfile", "ES_DEFAULT", "UE_DEFAULT", "load_profiles",
     "ChannelParams", "path_loss_db", "snr_db", "channel_rate_bps", "sample_channel_gain_db",
     "TaskCost", "transmission", "split_cost", "download_cost",
@@ -60,8 +61,10 @@ def count_flops(fn: Callable, *args, **kwargs) -> int:
 class ModelFlops:
     """Counted FLOPs of one generation's parts, batch 1, no classifier-free guidance.
 
-    ``unet_step``: one UNet evaluation; ``text_encode``: all text encoders once; ``vae_decode``: one
-    latent -> image decode. ``latent_shape`` (C, h, w) and ``image_shape`` (3, H, W) size what crosses.
+    ``unet_step``: one denoiser evaluation (the UNet, or the transformer of a DiT: SD3, PixArt, Flux;
+    also readable as `denoiser_step`); ``text_encode``: all text encoders once; ``vae_decode``: one
+    latent -> image decode. ``latent_shape`` (C, h, w) and ``image_shape`` (3, H, W) size what crosses
+    (Flux: the unpacked 16-channel latent; its 2x2 packing moves no values).
     """
 
     model: str
@@ -70,6 +73,11 @@ class ModelFlops:
     vae_decode: float
     latent_shape: tuple[int, int, int]
     image_shape: tuple[int, int, int]
+
+    @property
+    def denoiser_step(self) -> float:
+        """FLOPs of one denoiser evaluation (same as ``unet_step``, named for any family)."""
+        return self.unet_step
 
     @property
     def latent_values(self) -> int:
@@ -147,18 +155,71 @@ def vae_decode_flops(vae_config: Mapping[str, Any], latent_hw: int, batch_size: 
     return count_flops(vae.decode, z)
 
 
-def text_encode_flops(text_config: Mapping[str, Any], batch_size: int = 1) -> int:
-    """FLOPs of one CLIP text encoder pass over ``max_position_embeddings`` tokens."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def text_encode_flops(text_config: Mapping[str, Any], batch_size: int = 1, kind: str = "clip",
+                      tokens: int | None = None) -> int:
+    """FLOPs of one text encoder pass over ``tokens`` tokens.
+
+    ``kind``: ``"clip"`` (`CLIPTextModel`; default ``tokens``: ``max_position_embeddings``),
+    ``"clip-proj"`` (`CLIPTextModelWithProjection`, SDXL's / SD3's pooled encoders) or ``"t5"``
+    (`T5EncoderModel`, SD3 / PixArt / Flux; ``tokens`` required).
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     cfg = dict(text_config)
-    cfg.setdefault("vocab_size", 49408)
-    model = _meta(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
-    ids = torch.zeros(batch_size, int(cfg.get("max_position_embeddings", 77)), dtype=torch.long, device="meta")
+    if kind in ("clip", "clip-proj"):
+        cfg.setdefault("vocab_size", 49408)
+        cls = CLIPTextModel if kind == "clip" else CLIPTextModelWithProjection
+        model = _meta(lambda: cls(CLIPTextConfig(**cfg)))
+        tokens = tokens or int(cfg.get("max_position_embeddings", 77))
+    elif kind == "t5":
+        if not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"tokens: a T5 encoder needs the prompt length in tokens (int >= 1), got {tokens!r}")
+        model = _meta(lambda: T5EncoderModel(T5Config(**cfg)))
+    else:
+        raise ValueError(f"kind: expected 'clip', 'clip-proj' or 't5', got {kind!r}")
+    ids = torch.zeros(batch_size, tokens, dtype=torch.long, device="meta")
     return count_flops(model, ids)
 
 
+def dit_step_flops(spec, latent_hw: int, batch_size: int = 1, text_len: int | None = None) -> int:
+    """FLOPs of one transformer evaluation of a `splitldm.pipeline.dit_specs.DiTSpec` (or its name).
+
+    ``latent_hw``: latent side (128 at 1024 px); ``text_len``: text tokens (default: the spec's).
+    """
+    from splitldm.pipeline.dit_chain import dit_chain
+    from splitldm.pipeline.dit_specs import DiTSpec, get_dit_spec
+
+    spec = get_dit_spec(spec) if isinstance(spec, str) else spec
+    if not isinstance(spec, DiTSpec):
+        raise TypeError(f"spec: expected a DiTSpec or its name, got {type(spec).__name__}")
+    model = spec.build_transformer("meta")
+    hidden, kwargs = dit_chain(model).meta_inputs(batch_size, latent_hw, latent_hw, text_len or spec.text_length)
+    return count_flops(model, hidden, **kwargs)
+
+
+def _dit_model_flops(spec, image_size, batch_size) -> ModelFlops:
+    size = image_size or spec.image_size
+    scale = spec.vae_scale_factor
+    patch = 2 * scale  # SD3 / PixArt patchify 2x2, Flux packs 2x2
+    if size % patch:
+        raise ValueError(f"image_size: {size} px is not a multiple of {patch} (VAE {scale}x, 2x2 patches)")
+    hw = size // scale
+    return ModelFlops(
+        model=spec.name,
+        unet_step=float(dit_step_flops(spec, hw, batch_size)),
+        text_encode=float(sum(text_encode_flops(cfg, batch_size, kind, tokens)
+                              for kind, cfg, tokens in spec.text_encoders)),
+        vae_decode=float(vae_decode_flops(spec.vae, hw, batch_size)),
+        latent_shape=(int(spec.vae["latent_channels"]), hw, hw),
+        image_shape=(int(spec.vae.get("out_channels", 3)), size, size),
+    )
+
+
 def _model_flops(model, image_size, batch_size) -> ModelFlops:
+    from splitldm.pipeline.dit_specs import DiTSpec, get_dit_spec, is_dit_name
+
+    if is_dit_name(model) or isinstance(model, DiTSpec):
+        return _dit_model_flops(get_dit_spec(model) if isinstance(model, str) else model, image_size, batch_size)
     name, unet, vae, texts, default_size = _resolve_spec(model)
     size = image_size or default_size
     scale = 2 ** (len(vae.get("block_out_channels", (1, 1, 1, 1))) - 1)
@@ -179,17 +240,54 @@ def _model_flops(model, image_size, batch_size) -> ModelFlops:
 def model_flops(model="sd15", image_size: int | None = None, batch_size: int = 1) -> ModelFlops:
     """Counted FLOPs of ``model``'s UNet step, text encoding and VAE decode.
 
-    ``model``: a config name (``tiny``, ``sd15``, ``sd21``, ``sdxl``), a `splitldm.pipeline.models.ModelSpec`,
-    or a dict with diffusers configs ``{"unet": ..., "vae": ..., "text_encoders": [...],
-    "image_size": px}``. ``image_size`` overrides the model's default side in pixels. Named configs
-    are cached (SDXL takes ~3 s to count on one core).
+    ``model``: a config name (UNets ``tiny``, ``sd15``, ``sd21``, ``sdxl``; DiTs ``sd3``,
+    ``sd35-large``, ``pixart``, ``pixart-sigma``, ``flux``, ``flux-schnell``), a
+    `splitldm.pipeline.models.ModelSpec` or `splitldm.pipeline.dit_specs.DiTSpec`, or a dict with
+    diffusers configs ``{"unet": ..., "vae": ..., "text_encoders": [...], "image_size": px}``.
+    ``image_size`` overrides the model's default side in pixels. Named configs are cached (SDXL
+    takes ~3 s to count on one core; Flux with T5-XXL ~5 s).
     """
     _check_size(image_size, batch_size)
     if isinstance(model, str):
+        from splitldm.pipeline.dit_specs import is_dit_name
         from splitldm.pipeline.models import get_spec
 
+        if is_dit_name(model):
+            return _model_flops_cached(model, image_size, batch_size)
         return _model_flops_cached(get_spec(model).name, image_size, batch_size)
     return _model_flops(model, image_size, batch_size)
+
+
+def model_params(model: str) -> int:
+    """Parameters of config ``model``'s weights (denoiser + VAE + text encoders), counted on the meta
+    device (no weights are built): UNet names of `splitldm.pipeline.models.SPECS` and DiT names of
+    `splitldm.pipeline.dit_specs.DIT_SPECS`. Memory in fp16 is ``2 * model_params(name)`` bytes."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from splitldm.pipeline.dit_specs import get_dit_spec, is_dit_name
+    from splitldm.pipeline.models import get_spec
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    if is_dit_name(model):
+        spec = get_dit_spec(model)
+        n = count(spec.build_transformer("meta")) + count(_meta(lambda: AutoencoderKL(**spec.vae)))
+        for kind, cfg, _ in spec.text_encoders:
+            if kind == "t5":
+                n += count(_meta(lambda: T5EncoderModel(T5Config(**cfg))))
+            else:
+                cls = CLIPTextModel if kind == "clip" else CLIPTextModelWithProjection
+                n += count(_meta(lambda: cls(CLIPTextConfig(**cfg))))
+        return n
+    from diffusers import UNet2DConditionModel
+
+    spec = get_spec(model)
+    n = count(_meta(lambda: UNet2DConditionModel(**spec.unet))) + count(_meta(lambda: AutoencoderKL(**spec.vae)))
+    for cfg in spec.text_encoders:
+        n += count(_meta(lambda: CLIPTextModel(CLIPTextConfig(**dict({"vocab_size": 49408}, **cfg)))))
+    return n
 
 
 def _disk_cache_path() -> Path:
@@ -208,10 +306,11 @@ def _model_flops_cached(name: str, image_size: int | None, batch_size: int) -> M
 
     from importlib.metadata import version
 
+    from splitldm.pipeline.dit_specs import get_dit_spec, is_dit_name
     from splitldm.pipeline.models import get_spec
 
-    spec = get_spec(name)
-    key = hashlib.sha256(json.dumps([spec.unet, spec.vae, spec.text_encoders, spec.image_size, image_size, batch_size,
+    spec = get_dit_spec(name) if is_dit_name(name) else get_spec(name)
+    key = hashlib.sha256(json.dumps([asdict(spec), image_size, batch_size,
                                      torch.__version__, version("diffusers"), version("transformers")],
                                     sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = _disk_cache_path()

@@ -158,7 +158,7 @@ class DiTChain:
     """Base class: a diffusers transformer as ``len(chain)`` stages (see the module docstring).
 
     Subclasses set ``model_class`` (name of the diffusers class), ``family``, ``text_updated_per_block``
-    and implement ``start``, ``_input``, ``_block``, ``_output``, ``stage_modules`` and ``_meta_inputs``.
+    and implement ``start``, ``_input``, ``_block``, ``_output``, ``stage_modules`` and ``meta_inputs``.
     """
 
     model_class = ""
@@ -243,7 +243,9 @@ class DiTChain:
     def stage_modules(self, index: int) -> list[nn.Module]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _meta_inputs(self, b: int, h: int, w: int, text_length: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def meta_inputs(self, b: int, h: int, w: int, text_length: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Meta-device ``(hidden_states, forward kwargs)`` for batch ``b``, an ``h x w`` latent and
+        ``text_length`` text tokens (FLOP counting without weights)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _default_latent_size(self) -> int:
@@ -284,7 +286,7 @@ class DiTChain:
             meta_model = type(self.model).from_config(self.model.config).eval()
         chain = type(self)(meta_model)
         b = batch_size * (2 if cfg else 1)
-        hidden, kwargs = chain._meta_inputs(b, height, width, text_length)
+        hidden, kwargs = chain.meta_inputs(b, height, width, text_length)
         carry = chain.start(hidden, **kwargs)
         carries, flops = [carry], []
         for index in range(len(chain)):
@@ -366,7 +368,7 @@ class SD3Chain(DiTChain):
             return [m.norm_out, m.proj_out]
         return [m.transformer_blocks[int(name.split(".")[1])]]
 
-    def _meta_inputs(self, b, h, w, text_length):
+    def meta_inputs(self, b, h, w, text_length):
         cfg = self.model.config
         return torch.empty(b, cfg.in_channels, h, w, device="meta"), {
             "encoder_hidden_states": torch.empty(b, text_length, cfg.joint_attention_dim, device="meta"),
@@ -463,7 +465,7 @@ class PixArtChain(DiTChain):
             return [m.norm_out, m.proj_out, table]
         return [m.transformer_blocks[int(name.split(".")[1])]]
 
-    def _meta_inputs(self, b, h, w, text_length):
+    def meta_inputs(self, b, h, w, text_length):
         cfg = self.model.config
         added = {"resolution": None, "aspect_ratio": None}
         if self.model.use_additional_conditions:
@@ -569,7 +571,7 @@ class FluxChain(DiTChain):
     def _default_latent_size(self) -> int:
         return 128  # 1024 px
 
-    def _meta_inputs(self, b, h, w, text_length):
+    def meta_inputs(self, b, h, w, text_length):
         cfg = self.model.config
         n = (h // 2) * (w // 2)
         kwargs: dict[str, Any] = {
