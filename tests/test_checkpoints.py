@@ -52,7 +52,8 @@ def test_shipped_merge_decoder_beats_the_stock_decoder_on_merged_latents(tiny):
     from splitldm.recipes.merge_decoder import load_merge_decoder, psnr_table
 
     images = render_batch(range(16), split="test")[0]
-    tuned = load_merge_decoder(tiny.vae, checkpoints_dir() / "merge-decoder")
+    with pytest.warns(DeprecationWarning):  # the old name, kept for one release
+        tuned = load_merge_decoder(tiny.vae, checkpoints_dir() / "merge-decoder")
     rows = psnr_table({"stock": tiny.vae, "tuned": tuned}, images, ratios=(0.0, 0.7), noise_levels=(0.0, 0.3))
     for row in rows:  # shipped metrics.json (256 images): +0.7 to +1.7 dB
         assert row["psnr_tuned_db"] > row["psnr_stock_db"] + 0.3, row
@@ -124,3 +125,50 @@ def test_readmes_record_command_and_figures():
         assert "python -m splitldm.recipes." in text
     cfg = json.loads((checkpoints_dir() / "tiny" / "unet" / "config.json").read_text())
     assert cfg["in_channels"] == 4 and cfg["cross_attention_dim"] == 64
+
+
+def test_merge_aware_decoder_zoo_name_matches_the_deprecated_loader(tiny, tmp_path):
+    from splitldm.pipeline.merge_decoder import MergeAwareDecoder, load_merge_decoder
+
+    decoder = MergeAwareDecoder.from_pretrained("merge-decoder")
+    assert decoder.config.pipeline == "tiny" and decoder.config.training["steps"] == 4000
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    vae = decoder.apply_to(tiny.vae)
+    assert vae is not tiny.vae and not torch.equal(vae.decoder.conv_in.weight, tiny.vae.decoder.conv_in.weight)
+    with torch.no_grad():
+        images = vae.decode(z).sample
+        assert torch.equal(decoder.decode(z), images)  # standalone decode = the patched VAE's decode
+    # before the port (recipes.merge_decoder.load_merge_decoder on the same latents): sum -752.2635
+    assert float(images.sum()) == pytest.approx(-752.2635, abs=1e-2)
+    with pytest.warns(DeprecationWarning, match="MergeAwareDecoder.from_pretrained"):
+        old = load_merge_decoder(tiny.vae, checkpoints_dir() / "merge-decoder")
+    with torch.no_grad():
+        assert torch.equal(old.decode(z).sample, images)
+    decoder.save_pretrained(tmp_path / "md")
+    assert sorted(p.name for p in (tmp_path / "md").iterdir()) == ["config.json", "decoder.safetensors"]
+    again = MergeAwareDecoder.from_pretrained(tmp_path / "md")
+    with torch.no_grad():
+        assert torch.equal(again.decode(z), images)
+
+
+def test_merge_aware_decoder_bad_input(tiny, tmp_path, monkeypatch):
+    from splitldm.pipeline.merge_decoder import MergeAwareDecoder, load_merge_decoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="pretrained_model_name_or_path"):
+        MergeAwareDecoder.from_pretrained(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        MergeAwareDecoder.from_pretrained("someone/decoder")
+    with pytest.warns(DeprecationWarning), pytest.raises(FileNotFoundError, match="folder"):
+        load_merge_decoder(tiny.vae, tmp_path / "none")
+    decoder = MergeAwareDecoder.from_pretrained("merge-decoder")
+    small = MergeAwareDecoder(block_out_channels=(8,), norm_num_groups=4)
+    with pytest.raises(ValueError, match="vae"):
+        small.apply_to(tiny.vae)
+    with pytest.raises(TypeError, match="vae"):
+        decoder.apply_to(object())
+    with pytest.raises(ValueError, match="z"):
+        decoder.decode(torch.zeros(1, 3, 8, 8))
+    small.save_pretrained(tmp_path / "small")
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="folder"):
+        load_merge_decoder(tiny.vae, tmp_path / "small")

@@ -1,5 +1,7 @@
 """PSNR / SSIM / Fréchet distance / prompt adherence, and the classifier checkpoint format."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,68 @@ def test_classifier_save_load_and_errors(tmp_path):
     (tmp_path / "c" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         metrics.load_classifier(tmp_path / "c")
+
+
+_REFERENCE_LOGITS = [  # shipped classifier on render_batch(range(4), split="test"), computed before the port
+    [[4.991042, -4.59618, -3.516438, -3.15828, -1.155088, -4.091686], [-3.69812, -0.2784239, 0.3983248, -3.203377, -6.092685, 5.380524], [-6.487651, -2.270453, -0.2192073, -3.548252, -8.276773, 8.753301], [-3.96614, -2.376547, -1.609761, -4.256248, -8.642984, 7.703854]],
+    [[0.6221869, -1.746559, 9.118518, -2.870416], [3.848211, -11.93804, -1.043124, 10.93923], [6.667626, -0.4951046, -4.194309, 3.287068], [2.39221, -6.621722, 11.92735, 0.3753543]],
+    [[5.492271, -8.075419], [6.713346, -4.039806], [8.609228, -5.155787], [-6.654947, 5.327477]],
+    [[-4.650325, -4.129055, 8.789102, -3.256006, -6.236804], [-5.628515, -4.375409, -4.75741, -5.569599, 3.733592], [-6.798488, -5.491496, -5.1826, 9.102296, -5.75203], [-6.22931, -5.000982, 9.71517, -2.955301, -4.61689]],
+    [[-8.732441, -6.476411, 5.61378], [3.460565, -6.379219, -5.446557], [5.74494, -6.053055, -5.27119], [-8.163981, -9.064524, 3.524337]],
+]
+
+
+def test_shipped_classifier_from_pretrained_gives_the_reference_logits():
+    """The diffusers-style loader (zoo name, rewritten config.json) reproduces the pre-port logits."""
+    clf = metrics.AttributeClassifier.from_pretrained("classifier")
+    assert not clf.training and clf.config["feature_dim"] == 128 and clf.config.width == 32
+    x, _, _ = data.render_batch(range(4), split="test", seed=0)
+    with torch.no_grad():
+        logits = clf(x)
+    assert len(logits) == len(_REFERENCE_LOGITS)
+    for got, want in zip(logits, _REFERENCE_LOGITS):
+        assert torch.allclose(got, torch.tensor(want), rtol=0, atol=1e-5)
+    same = metrics.load_classifier()  # the convenience: a plain call of from_pretrained, no warning
+    assert all(torch.equal(a, b) for a, b in zip(same(x), logits))
+
+
+def test_classifier_save_pretrained_round_trip_and_deprecated_aliases(tmp_path):
+    import warnings
+
+    clf = metrics.AttributeClassifier(width=8, feature_dim=16, image_size=32)
+    folder = clf.save_pretrained(tmp_path / "c")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["_class_name"] == "AttributeClassifier" and cfg["image_size"] == 32
+    back = metrics.AttributeClassifier.from_pretrained(folder)
+    x, _, _ = data.render_batch(range(2))
+    assert torch.equal(back.features(x), clf.eval().features(x))
+    with pytest.warns(DeprecationWarning, match="save_pretrained"):
+        clf.save(tmp_path / "old")
+    with pytest.warns(DeprecationWarning, match="from_pretrained"):
+        old = metrics.AttributeClassifier.load(tmp_path / "old")
+    assert torch.equal(old.features(x), back.features(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the convenience loader does not warn
+        metrics.load_classifier(folder)
+
+
+def test_classifier_bad_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TypeError, match="pretrained_model_name_or_path"):
+        metrics.AttributeClassifier.from_pretrained(3)
+    with pytest.raises(FileNotFoundError, match="pretrained_model_name_or_path"):
+        metrics.AttributeClassifier.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        metrics.AttributeClassifier.from_pretrained("someone/some-classifier")
+    with pytest.raises(FileNotFoundError, match="name_or_path"):
+        metrics.load_classifier(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="width"):
+        metrics.AttributeClassifier(width=12)
+    with pytest.raises(ValueError, match="attributes"):
+        metrics.AttributeClassifier(attributes={"color": ["red"]})
+    metrics.AttributeClassifier(width=8, feature_dim=4).save_pretrained(tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, "depth": 3}))
+    with pytest.raises(ValueError, match="depth"):
+        metrics.AttributeClassifier.from_pretrained(tmp_path / "c")

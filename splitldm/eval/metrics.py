@@ -4,17 +4,17 @@ prompt adherence judged by the shipped attribute classifier.
 FID needs a feature extractor. Two are provided, always named in the result:
 
 * `ClassifierFeatures` (the default): the penultimate features of the attribute classifier trained
-  on the embedded shapes data (``checkpoints/classifier``). Its numbers are **classifier-FID**,
-  comparable only with other classifier-FID numbers from the same checkpoint; never call them
-  Inception FID.
+  on the embedded shapes data (zoo name ``"classifier"``: ``splitldm/checkpoints/classifier``). Its
+  numbers are **classifier-FID**, comparable only with other classifier-FID numbers from the same
+  checkpoint; never call them Inception FID.
 * `InceptionFeatures`: Inception-v3 pool features (torch-fidelity's FID network via
   torchmetrics), only from a weights file the user already has on disk; nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 
 from splitldm.eval.data import ATTRIBUTE_NAMES, ATTRIBUTES, parse_caption
 
@@ -94,19 +96,45 @@ class FeatureExtractor(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# The attribute classifier (architecture, safetensors save/load)
+# The attribute classifier (diffusers ModelMixin / ConfigMixin; safetensors save/load)
 # ---------------------------------------------------------------------------------------------
 
-class AttributeClassifier(nn.Module):
-    """Small CNN: 64x64 RGB in [0, 1] -> ``feature_dim`` features -> one logit vector per attribute.
+#: File holding the classifier's tensors inside its folder (next to ``config.json``).
+CLASSIFIER_WEIGHTS_NAME = "model.safetensors"
+
+
+class AttributeClassifier(ModelMixin, ConfigMixin):
+    """Small CNN: RGB images in [0, 1] -> ``feature_dim`` features -> one logit vector per attribute.
 
     Spatial layout survives to the features (4x4 pooled map, flattened), so position is learnable.
+    Saved and loaded as diffusers models are: ``save_pretrained(folder)`` writes ``config.json`` and
+    ``model.safetensors``; ``from_pretrained`` takes such a folder, the zoo name ``"classifier"``
+    (the shipped ``splitldm/checkpoints/classifier``, via `splitldm.zoo`) or a hub id when online.
+
+    Parameters:
+        width (`int`, defaults to 32): channels of the first convolution (the widest layer has 4x).
+        feature_dim (`int`, defaults to 128): size of the penultimate features (classifier-FID space).
+        image_size (`int`, defaults to 64): side (pixels) images are resized to before the network.
+        attributes (`dict[str, list[str]]`, *optional*): the attribute vocabulary, one head per key;
+            must equal `splitldm.eval.data.ATTRIBUTES` (the default), which the labels index.
     """
 
-    def __init__(self, width: int = 32, feature_dim: int = 128, image_size: int = 64):
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, width: int = 32, feature_dim: int = 128, image_size: int = 64,
+                 attributes: dict[str, list[str]] | None = None):
         super().__init__()
-        self.config = {"width": width, "feature_dim": feature_dim, "image_size": image_size,
-                       "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}}
+        vocabulary = {k: list(v) for k, v in ATTRIBUTES.items()}
+        if attributes is not None and {k: list(v) for k, v in attributes.items()} != vocabulary:
+            raise ValueError("attributes: vocabulary differs from splitldm.eval.data.ATTRIBUTES")
+        if attributes is None:
+            self.register_to_config(attributes=vocabulary)
+        for name, value in (("width", width), ("feature_dim", feature_dim), ("image_size", image_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if width % 8:
+            raise ValueError(f"width: expected a multiple of 8 (GroupNorm(8, .)), got {width}")
         w = width
 
         def block(cin, cout, stride):
@@ -120,8 +148,9 @@ class AttributeClassifier(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, feature_dim) of images (B, 3, H, W) in [0, 1]."""
         x = _check_images("images", images)
-        if x.shape[-1] != self.config["image_size"] or x.shape[-2] != self.config["image_size"]:
-            x = F.interpolate(x, size=self.config["image_size"], mode="bilinear", antialias=True, align_corners=False)
+        size = self.config["image_size"]
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return F.silu(self.proj(self.body((x - 0.5) / 0.25)))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -131,53 +160,82 @@ class AttributeClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Predicted attribute labels (B, 5) int64."""
+        """Predicted attribute labels (B, 5) int64 of images (B, 3, H, W) in [0, 1]."""
         return torch.stack([lg.argmax(1) for lg in self(images)], 1)
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` to ``folder``."""
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
+                        **kwargs) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``save_directory`` (safetensors only)."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
+        if not safe_serialization:
+            raise ValueError("safe_serialization: only safetensors is supported")
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise TypeError(f"save_directory: expected a path, got {type(save_directory).__name__}")
+        folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
+        self.save_config(folder)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps(self.config, indent=2))
+                  str(folder / CLASSIFIER_WEIGHTS_NAME))
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "AttributeClassifier":
-        """Load from a folder written by `save` (safetensors only; clear errors on missing/corrupt files)."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = "classifier", *,
+                        local_files_only: bool | None = None, **kwargs) -> "AttributeClassifier":
+        """Load from a `save_pretrained` folder, the zoo name ``"classifier"`` or a hub id (when online).
+
+        Raises:
+            FileNotFoundError: no such folder / zoo model / hub repository, or ``config.json`` /
+                ``model.safetensors`` missing (named in the message).
+            ValueError: the files are unreadable, or the config does not match this class.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        missing = [f for f in ("config.json", "model.safetensors") if not (folder / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"path: {folder} is not a classifier folder; missing {missing}")
+        from splitldm.pipeline.merge_decoder import pretrained_folder
+
+        if kwargs:
+            raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
+        folder = pretrained_folder(pretrained_model_name_or_path, "classifier",
+                                   (cls.config_name, CLASSIFIER_WEIGHTS_NAME), local_files_only=local_files_only)
         try:
-            cfg = json.loads((folder / "config.json").read_text())
-            model = cls(width=int(cfg["width"]), feature_dim=int(cfg["feature_dim"]),
-                        image_size=int(cfg.get("image_size", 64)))
-            if cfg.get("attributes") and cfg["attributes"] != model.config["attributes"]:
-                raise ValueError("attribute vocabulary differs from splitldm.eval.data.ATTRIBUTES")
-            state = load_file(str(folder / "model.safetensors"))
-            model.load_state_dict(state)
-        except (json.JSONDecodeError, KeyError, SafetensorError, RuntimeError, ValueError, OSError) as exc:
-            raise ValueError(f"path: could not load the classifier from {folder}: {exc}") from exc
+            config = cls.load_config(folder)
+            known = {"width", "feature_dim", "image_size", "attributes"}
+            unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+            if unknown:
+                raise ValueError(f"unknown config keys {unknown}")
+            model = cls(**{k: config[k] for k in known if k in config})
+            model.load_state_dict(load_file(str(folder / CLASSIFIER_WEIGHTS_NAME)))
+        except (SafetensorError, RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:
+            raise ValueError(f"pretrained_model_name_or_path: could not load the classifier from {folder}: "
+                             f"{exc}") from exc
         return model.eval()
+
+    # ---- deprecated names (one release)
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Deprecated: use `save_pretrained` (same files)."""
+        warnings.warn("AttributeClassifier.save is deprecated; use save_pretrained", DeprecationWarning, stacklevel=2)
+        return self.save_pretrained(folder)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "AttributeClassifier":
+        """Deprecated: use `from_pretrained` (same files; also takes zoo names and hub ids)."""
+        warnings.warn("AttributeClassifier.load is deprecated; use AttributeClassifier.from_pretrained",
+                      DeprecationWarning, stacklevel=2)
+        return cls.from_pretrained(folder)
 
 
 def load_classifier(name_or_path: str | os.PathLike = "classifier") -> AttributeClassifier:
-    """The shipped attribute classifier (``"classifier"`` -> ``checkpoints/classifier``) or a folder."""
-    from splitldm.zoo import checkpoints_dir
+    """The shipped attribute classifier (zoo name ``"classifier"``), or one from a folder or hub id.
 
+    A convenience for ``AttributeClassifier.from_pretrained(name_or_path)`` (errors name ``name_or_path``).
+    """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path: expected a name or a path, got {type(name_or_path).__name__}")
-    path = checkpoints_dir() / "classifier" if str(name_or_path) == "classifier" else Path(name_or_path)
-    if not path.exists():
-        raise FileNotFoundError(f"name_or_path: no classifier folder at {path}")
-    return AttributeClassifier.load(path)
+    try:
+        return AttributeClassifier.from_pretrained(name_or_path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"name_or_path: {exc}") from exc
 
 
 class ClassifierFeatures:

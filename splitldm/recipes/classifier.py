@@ -2,7 +2,9 @@
 
 A small CNN on 64x64 RGB images in [0, 1] with one linear head per attribute of
 `splitldm.eval.data.ATTRIBUTES`; its penultimate (pooled) features feed `splitldm.eval.metrics`' FID.
-Exported as ``model.safetensors`` + ``config.json`` (see `splitldm.eval.metrics.AttributeClassifier`).
+Exported with `AttributeClassifier.save_pretrained` (``config.json`` + ``model.safetensors``) to
+``export_dir`` (default ``runs/classifier/export``; the shipped ``splitldm/checkpoints/classifier`` is
+only replaced by copying an export there by hand).
 
     python -m splitldm.recipes.classifier fit --config configs/classifier.yaml
 """
@@ -18,11 +20,25 @@ from splitldm.eval.metrics import AttributeClassifier
 
 
 class ClassifierModule(L.LightningModule):
-    def __init__(self, width: int = 32, feature_dim: int = 128, lr: float = 2e-3, export_dir: str | None = None,
-                 augment: bool = True, init_from: str | None = None, schedule: str = "cosine", seed: int = 0):
-        """``init_from``: a classifier folder to continue from (a second stage). ``schedule``:
-        ``"onecycle"`` (what the shipped classifier used; its total length is fixed at the first
-        fit, so a resumed run cannot extend ``max_steps``) or ``"cosine"`` (10% warm-up, cosine decay)."""
+    """Trains an `AttributeClassifier` with one cross-entropy per attribute.
+
+    Args:
+        width, feature_dim: the `AttributeClassifier` architecture.
+        lr: AdamW peak learning rate.
+        export_dir: where `AttributeClassifier.save_pretrained` writes the result when fitting ends
+            (None: nothing is written).
+        augment: train on mildly noised copies too (generated images are slightly blurry / noisy).
+        init_from: a classifier to continue from (a second stage): a folder, the zoo name
+            ``"classifier"`` or a hub id (`AttributeClassifier.from_pretrained`).
+        schedule: ``"onecycle"`` (what the shipped classifier used; its total length is fixed at the
+            first fit, so a resumed run cannot extend ``max_steps``) or ``"cosine"`` (10% warm-up,
+            cosine decay).
+        seed: seeds the initial weights.
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = 128, lr: float = 2e-3,
+                 export_dir: str | None = "runs/classifier/export", augment: bool = True,
+                 init_from: str | None = None, schedule: str = "cosine", seed: int = 0):
         if schedule not in ("onecycle", "cosine"):
             raise ValueError(f"schedule: expected 'onecycle' or 'cosine', got {schedule!r}")
         super().__init__()
@@ -31,7 +47,7 @@ class ClassifierModule(L.LightningModule):
             torch.manual_seed(seed)
             self.net = AttributeClassifier(width=width, feature_dim=feature_dim)
         if init_from:
-            self.net.load_state_dict(AttributeClassifier.load(init_from).state_dict())
+            self.net.load_state_dict(AttributeClassifier.from_pretrained(init_from).state_dict())
 
     def _step(self, batch, train: bool):
         x, y = batch["images"], batch["labels"]
@@ -67,7 +83,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_fit_end(self):
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.net.save(self.hparams.export_dir)
+            self.net.save_pretrained(self.hparams.export_dir)
 
 
 if __name__ == "__main__":

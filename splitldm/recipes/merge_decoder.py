@@ -8,10 +8,13 @@ The encoder stays frozen (the ES side does not change); the loss is L1 + MSE to 
 
     python -m splitldm.recipes.merge_decoder fit --config configs/merge_decoder.yaml
 
-When fitting ends the decoder weights are written to ``export_dir/decoder.safetensors`` (only the
-decoder + post_quant_conv tensors), with ``config.json`` and ``metrics.json`` (decoded-image PSNR vs
-ratio for the stock and the fine-tuned decoder on held-out images). `load_merge_decoder` puts them
-into a copy of a VAE.
+When fitting ends the decoder is written to ``export_dir`` as a
+`splitldm.pipeline.merge_decoder.MergeAwareDecoder` folder (``config.json`` + ``decoder.safetensors``:
+only the decoder + post_quant_conv tensors), with ``metrics.json`` (decoded-image PSNR vs ratio for
+the stock and the fine-tuned decoder on held-out images). The device loads it with
+``MergeAwareDecoder.from_pretrained(export_dir).apply_to(pipe.vae)``; the default ``export_dir`` is
+``runs/merge_decoder/export`` (the shipped ``splitldm/checkpoints/merge-decoder`` is never overwritten
+unless asked).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from splitldm.pipeline.merge_decoder import (_PREFIXES, WEIGHTS_NAME, MergeAwareDecoder, decoder_state,
+                                             load_merge_decoder)
 from splitldm.tome import plan_merge
 
-WEIGHTS_NAME = "decoder.safetensors"
-_PREFIXES = ("decoder.", "post_quant_conv.")
+__all__ = ["MergeDecoderModule", "merge_unmerge", "psnr_table", "MergeAwareDecoder", "WEIGHTS_NAME",
+           "decoder_state", "load_merge_decoder"]
 
 
 def merge_unmerge(z: torch.Tensor, ratio: float, similarity: str = "euclidean") -> torch.Tensor:
@@ -39,24 +43,6 @@ def merge_unmerge(z: torch.Tensor, ratio: float, similarity: str = "euclidean") 
     tokens = z.flatten(2).transpose(1, 2)
     plan = plan_merge(tokens, (h, w), ratio, similarity=similarity)
     return plan.unmerge(plan.merge(tokens)).transpose(1, 2).reshape(b, c, h, w)
-
-
-def decoder_state(vae) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items() if k.startswith(_PREFIXES)}
-
-
-def load_merge_decoder(vae, folder: str | Path):
-    """A copy of ``vae`` (an AutoencoderKL) with the merge-aware decoder weights from ``folder``."""
-    path = Path(folder) / WEIGHTS_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"folder: no {WEIGHTS_NAME} in {folder}")
-    state = load_file(str(path))
-    expected = set(decoder_state(vae))
-    if set(state) != expected:
-        raise ValueError(f"folder: {path} does not hold this VAE's decoder (key mismatch)")
-    new = copy.deepcopy(vae).eval()
-    new.load_state_dict(state, strict=False)
-    return new
 
 
 @torch.no_grad()
@@ -88,20 +74,22 @@ class MergeDecoderModule(L.LightningModule):
     """Fine-tunes ``pipeline``'s VAE decoder for merged and noisy latents.
 
     Args:
-        pipeline: `splitldm.pipeline.models.load_pipeline` name ("tiny" = shipped checkpoint; "tiny-random" for development).
+        pipeline: `splitldm.pipeline.models.load_pipeline` name: a zoo name ("tiny", the shipped teacher),
+            "tiny-random" for development, or a diffusers folder.
         max_ratio: merge ratio drawn uniformly in [0, max_ratio] per step.
         max_noise: latent noise std drawn uniformly in [0, max_noise] per sample (scaled-latent units).
         noise_prob: probability that a sample gets noise at all.
         similarity: matching used by the link ("euclidean", TokenMerge's default, or "cosine").
         lr: AdamW learning rate.
-        export_dir: where to write decoder.safetensors, config.json and metrics.json at the end.
+        export_dir: where to write the `MergeAwareDecoder` folder (config.json, decoder.safetensors) and
+            metrics.json at the end (None: nothing is written).
         eval_images: held-out test images for the exported PSNR table.
         seed: seeds the ratio / noise draws.
     """
 
     def __init__(self, pipeline: str = "tiny", max_ratio: float = 0.75, max_noise: float = 0.3,
                  noise_prob: float = 0.5, similarity: str = "euclidean", lr: float = 1e-4,
-                 export_dir: str | None = None, eval_images: int = 64, seed: int = 0):
+                 export_dir: str | None = "runs/merge_decoder/export", eval_images: int = 64, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         from splitldm.pipeline.models import load_pipeline
@@ -153,11 +141,9 @@ class MergeDecoderModule(L.LightningModule):
         out = Path(h.export_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.vae.eval()
-        save_file(decoder_state(self.vae), str(out / WEIGHTS_NAME))
-        (out / "config.json").write_text(json.dumps({
-            "pipeline": h.pipeline, "max_ratio": h.max_ratio, "max_noise": h.max_noise,
-            "noise_prob": h.noise_prob, "similarity": h.similarity, "lr": h.lr,
-            "steps": int(self.trainer.global_step), "seed": h.seed}, indent=2))
+        training = {"max_ratio": h.max_ratio, "max_noise": h.max_noise, "noise_prob": h.noise_prob,
+                    "similarity": h.similarity, "lr": h.lr, "steps": int(self.trainer.global_step), "seed": h.seed}
+        MergeAwareDecoder.from_vae(self.vae, pipeline=h.pipeline, training=training).save_pretrained(out)
         images, _, _ = render_batch(range(h.eval_images), split="test")
         rows = psnr_table({"stock": self.stock, "tuned": self.vae}, images,
                           ratios=(0.0, 0.3, 0.5, 0.7), noise_levels=(0.0, 0.1, 0.3), similarity=h.similarity)
