@@ -113,3 +113,40 @@ def test_chain_bad_input(tiny_pipe):
         chain.cut_table(batch_size=0)
     with pytest.raises(ValueError, match="layout"):
         Carry.from_tensors({"hidden": sample}, {})
+
+
+@pytest.mark.parametrize("cfg_batching", [False, True], ids=["single", "cfg-batch"])
+def test_sdxl_added_conditioning_every_cut_equals_unet(cfg_batching):
+    """SDXL's UNet: pooled text embeddings and the 6 size/crop ids enter the time embedding (issue 13)."""
+    from splitldm.pipeline.models import build_pipeline
+
+    unet = build_pipeline("sdxl-tiny-random").unet
+    cfg = unet.config
+    assert cfg.addition_embed_type == "text_time"
+    chain = UNetChain(unet)
+    g = torch.Generator().manual_seed(7)
+    b = 2
+    sample = torch.randn(b, cfg.in_channels, 8, 8, generator=g)
+    text = torch.randn(b, 5, cfg.cross_attention_dim, generator=g)
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(b, pooled, generator=g),
+             "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0], [64.0, 48.0, 4.0, 0.0, 64.0, 64.0]])}
+    if cfg_batching:  # zeroed negative conditioning, as SDXL's force_zeros_for_empty_prompt does
+        sample, text = torch.cat([sample, sample]), torch.cat([torch.zeros_like(text), text])
+        added = {"text_embeds": torch.cat([torch.zeros_like(added["text_embeds"]), added["text_embeds"]]),
+                 "time_ids": torch.cat([added["time_ids"], added["time_ids"]])}
+    t = torch.tensor(601)
+    with torch.no_grad():
+        reference = unet(sample, t, text, added_cond_kwargs=added).sample
+        # The added conditioning matters: without the pooled embedding the output changes.
+        other = dict(added, text_embeds=added["text_embeds"] + 1)
+        assert not torch.equal(unet(sample, t, text, added_cond_kwargs=other).sample, reference)
+        start = chain.start(sample, t, text, added_cond_kwargs=added)
+        assert {"inputs.added_cond_kwargs.text_embeds", "inputs.added_cond_kwargs.time_ids"} <= start.tensors().keys()
+        for cut in range(len(chain) + 1):
+            es = chain.run(chain.start(sample, t, text, added_cond_kwargs=added), 0, cut)
+            tensors = {k: v.clone() for k, v in es.tensors().items()}
+            if cut >= 1:  # folded into emb by stage 'input': nothing SDXL-specific crosses any more
+                assert not any(k.startswith("inputs.") for k in tensors)
+            out = chain.run(chain.carry_from_tensors(tensors, es.layout()), cut).hidden
+            assert torch.equal(out, reference), cut

@@ -8,6 +8,11 @@ UNet's own modules and helper methods, in the order of its `forward`.
 What must cross at cut ``c`` is the `Carry` between stage ``c-1`` and ``c``: the hidden state, the skip
 stack, the time embedding and the text embeddings (before stage 0, the raw UNet inputs; after the
 last stage, only the output). `UNetChain.cut_table` gives its size, parameters and FLOPs per side.
+
+SDXL's added conditioning (``added_cond_kwargs``: pooled ``text_embeds`` (B, 1280) and ``time_ids``
+(B, 6)) enters the time embedding in stage ``input``: before it they cross as ``inputs.added_cond_kwargs.*``,
+after it they are folded into ``emb``. DiTs (SD3, PixArt, Flux) have their own chain of transformer
+blocks: `splitldm.pipeline.dit_chain`.
 """
 
 from __future__ import annotations
@@ -203,6 +208,12 @@ class UNetChain:
                      attention_mask=attention_mask, encoder_attention_mask=encoder_attention_mask,
                      cross_attention_kwargs=cross_attention_kwargs, forward_upsample_size=forward_upsample_size)
 
+    def carry_from_tensors(self, tensors: dict[str, torch.Tensor], layout: dict[str, Any],
+                           cross_attention_kwargs: dict[str, Any] | None = None) -> Carry:
+        """The receiver's carry from what crossed (`Carry.tensors` + `Carry.layout`); the same call
+        on a `splitldm.pipeline.dit_chain.DiTChain` rebuilds a `DiTCarry`."""
+        return Carry.from_tensors(tensors, layout, cross_attention_kwargs)
+
     # ----------------------------------------------------------------- stages
     def _check_range(self, start: int, stop: int | None) -> tuple[int, int]:
         n = len(self)
@@ -386,10 +397,12 @@ class UNetChain:
 
 
 def format_cut_table(rows: list[Cut]) -> str:
-    """A plain-text table of `UNetChain.cut_table` rows (KiB, millions of parameters, GFLOPs)."""
-    head = f"{'cut':>3}  {'after':<8} {'before':<8} {'fp16 KiB':>10} {'fp32 KiB':>10} {'ES Mparam':>10} {'UE Mparam':>10} {'ES GFLOP':>10} {'UE GFLOP':>10}"
+    """A plain-text table of `UNetChain.cut_table` / `DiTChain.cut_table` rows (KiB, millions of
+    parameters, GFLOPs)."""
+    w = max([8] + [len(r.after) for r in rows] + [len(r.before) for r in rows])
+    head = f"{'cut':>3}  {'after':<{w}} {'before':<{w}} {'fp16 KiB':>10} {'fp32 KiB':>10} {'ES Mparam':>10} {'UE Mparam':>10} {'ES GFLOP':>10} {'UE GFLOP':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.index:>3}  {r.after:<8} {r.before:<8} {r.bytes_fp16 / 1024:>10.1f} {r.bytes_fp32 / 1024:>10.1f} "
+        lines.append(f"{r.index:>3}  {r.after:<{w}} {r.before:<{w}} {r.bytes_fp16 / 1024:>10.1f} {r.bytes_fp32 / 1024:>10.1f} "
                      f"{r.params_es / 1e6:>10.2f} {r.params_ue / 1e6:>10.2f} {r.flops_es / 1e9:>10.2f} {r.flops_ue / 1e9:>10.2f}")
     return "\n".join(lines)
