@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 import warnings
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def main(argv=None) -> int:
@@ -35,11 +31,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="no measured quality table")
     from splitldm.analysis.costs import download_cost, split_cost
-    from splitldm.rl.oracles.meg import equal_power, evaluate, oracle_index, oracle_power, oracle_rates, water_filling
     from splitldm.rl.agents.cvpo import CVPO, CVPOConfig
-    from splitldm.rl.envs.meg import MEGRates, SeedPower
     from splitldm.rl.agents.ppo import PPO, PPOConfig
     from splitldm.rl.agents.ppo_lagrangian import PPOLagConfig, PPOLagrangian
+    from splitldm.rl.envs.meg import MEGRates, SeedPower
+    from splitldm.rl.evaluate import evaluate
+    from splitldm.rl.oracles.meg import equal_power, oracle_index, oracle_power, oracle_rates, water_filling
 
     q = args.quick
     episodes = args.episodes or (4 if q else 20)

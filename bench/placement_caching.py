@@ -18,8 +18,6 @@ import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,18 +42,15 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="no measured quality table")
-    from splitldm.rl.envs.caching import (
-        ModelCaching, ResourceAllocation, equal_allocation, evaluate_allocation, evaluate_caching, lfu_cache,
-        optimal_allocation, oracle_cache,
-    )
     from splitldm.rl.agents.d3ql import D3QL, D3QLConfig
-    from splitldm.rl.evaluate import plot_vs_users
-    from splitldm.rl.envs.placement import ChainPlacement
-    from splitldm.rl.oracles.placement import (
-        evaluate_placement, exhaustive_optimum, fixed_chain, greedy_placement, monolithic,
-    )
     from splitldm.rl.agents.t2drl import T2DRL, T2DRLConfig
-    from splitldm.rl.train import plot_history
+    from splitldm.rl.envs.caching import ModelCaching, ResourceAllocation
+    from splitldm.rl.envs.placement import ChainPlacement
+    from splitldm.rl.evaluate import (
+        evaluate_allocation, evaluate_caching, evaluate_placement, plot_history, plot_vs_users,
+    )
+    from splitldm.rl.oracles.caching import equal_allocation, lfu_cache, optimal_allocation, oracle_cache
+    from splitldm.rl.oracles.placement import exhaustive_optimum, fixed_chain, greedy_placement, monolithic
 
     q = args.quick
     held = 100_000

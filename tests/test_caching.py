@@ -8,9 +8,10 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 
 from splitldm.analysis.costs import ModelFlops
-from splitldm.rl.envs.caching import (
-    GenModel, ModelCaching, ResourceAllocation, _compositions, default_catalog, equal_allocation,
-    evaluate_caching, frame_value, lfu_cache, optimal_allocation, oracle_cache,
+from splitldm.rl.envs.caching import GenModel, ModelCaching, ResourceAllocation, default_catalog
+from splitldm.rl.evaluate import evaluate_caching
+from splitldm.rl.oracles.caching import (
+    _compositions, equal_allocation, frame_value, lfu_cache, optimal_allocation, oracle_cache,
 )
 from splitldm.rl.agents.d3pg import D3PG, D3PGConfig, DiffusionActor
 from splitldm.rl.agents.ddqn import DDQN, DDQNConfig
@@ -145,8 +146,8 @@ def test_d3pg_learns_and_round_trip(tmp_path):
     # targets follow the online nets by Polyak averaging (close, not equal)
     diff = max(float((p - pt).detach().abs().max()) for p, pt in zip(agent.q1.parameters(), agent.q1_targ.parameters()))
     assert 0 < diff < 1.0
-    agent.save(tmp_path / "d")
-    again = D3PG.load(tmp_path / "d")
+    agent.save_pretrained(tmp_path / "d")
+    again = D3PG.from_pretrained(tmp_path / "d")
     again.gen.manual_seed(1)
     agent.gen.manual_seed(1)
     assert np.allclose(again.act(obs), agent.act(obs))
@@ -196,15 +197,15 @@ def test_ddqn_and_t2drl_round_trip(catalog, tmp_path):
     for p, pt in zip(agent.ddqn.q.parameters(), agent.ddqn.q_targ.parameters()):
         assert torch.equal(p, pt)  # synced at step 40 (multiple of target_every)
     assert env.allocator is None  # training restored the env's allocator
-    agent.save(tmp_path / "t")
-    assert json.loads((tmp_path / "t" / "policy.json").read_text())["algorithm"] == "t2drl"
-    again = T2DRL.load(tmp_path / "t")
+    agent.save_pretrained(tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["_class_name"] == "T2DRL"
+    again = T2DRL.from_pretrained(tmp_path / "t")
     obs, info = env.reset(seed=4)
     assert again.act(obs, info["action_mask"]) == agent.act(obs, info["action_mask"])
     res = evaluate_caching(env, agent.cacher, agent.allocator, episodes=1, seed=7)
     assert res["frames"] == 3 and np.isfinite(res["reward"])
     with pytest.raises(ValueError, match="directory"):
-        DDQN.load(tmp_path / "t" / "d3pg")  # a d3pg policy is not a ddqn one
+        DDQN.from_pretrained(tmp_path / "t" / "d3pg")  # a d3pg policy is not a ddqn one
     assert DDQNConfig().dueling is False
 
 

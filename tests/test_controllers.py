@@ -4,12 +4,13 @@ import torch
 
 from splitldm.analysis.costs import ModelFlops
 from splitldm.eval.quality import QualityTable
-from splitldm.rl.oracles.meg import evaluate
+from splitldm.rl.agents.auto import AutoPolicy
 from splitldm.rl.agents.cvpo import CVPO, CVPOConfig
 from splitldm.rl.envs.meg import MEGRates, SeedPower
 from splitldm.rl.agents.ppo import PPO, PPOConfig
 from splitldm.rl.agents.ppo_lagrangian import PPOLagConfig, PPOLagrangian
-from splitldm.rl.train import load_agent, load_run_config, plot_history
+from splitldm.rl.evaluate import evaluate, plot_history
+from splitldm.rl.train import load_run_config
 
 torch.set_num_threads(1)
 SDXL = ModelFlops("sdxl", 6.761e12, 1.11e11, 1.047e13, (4, 128, 128), (3, 1024, 1024))
@@ -90,8 +91,8 @@ def test_cvpo_trains_saves_loads(tmp_path):
     h = agent.history
     interior = [kl for kl, eta, lam in zip(h["kl_q"], h["eta"], h["lam"]) if eta < 999 and lam < 9999]
     assert all(kl <= cfg.kl_estep * 1.1 for kl in interior)
-    agent.save(tmp_path / "cvpo")
-    again = load_agent(tmp_path / "cvpo")
+    agent.save_pretrained(tmp_path / "cvpo")
+    again = AutoPolicy.from_pretrained(tmp_path / "cvpo")
     obs = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
     assert [agent.act(o) for o in obs] == [again.act(o) for o in obs]
     with pytest.raises(ValueError, match="obs"):
@@ -101,15 +102,15 @@ def test_cvpo_trains_saves_loads(tmp_path):
     with pytest.raises(TypeError, match="Discrete"):
         CVPO.train_on(MEGRates(quality=env.quality, model=SDXL), cfg)
     with pytest.raises(ValueError, match="ppo"):
-        PPO.load(tmp_path / "cvpo")
+        PPO.from_pretrained(tmp_path / "cvpo")
 
 
 def test_ppo_lagrangian_runs_and_round_trips(tmp_path):
     env = rates_env()
     agent = PPOLagrangian.train_on(env, PPOLagConfig(total_steps=512, rollout=256, epochs=2, seed=0))
     assert agent.lam >= 0 and len(agent.history["lam"]) == 2
-    agent.save(tmp_path / "pl")
-    again = PPOLagrangian.load(tmp_path / "pl")
+    agent.save_pretrained(tmp_path / "pl")
+    again = PPOLagrangian.from_pretrained(tmp_path / "pl")
     obs = np.zeros(3, np.float32)
     assert agent.act(obs) == again.act(obs)
 
@@ -121,8 +122,8 @@ def test_ppo_power_beats_random_policy(tmp_path):
     trained = evaluate(env, lambda o, e: agent.act(o), episodes=4, seed=500)["reward"]
     random_ = evaluate(env, lambda o, e: rng.uniform(0, 1, 4).astype(np.float32), episodes=4, seed=500)["reward"]
     assert trained > random_
-    agent.save(tmp_path / "ppo")
-    again = PPO.load(tmp_path / "ppo")
+    agent.save_pretrained(tmp_path / "ppo")
+    again = PPO.from_pretrained(tmp_path / "ppo")
     o = np.ones(4, np.float32) * 0.1
     assert np.allclose(agent.act(o), again.act(o))
     plot_history(agent.history, tmp_path / "curve.png")

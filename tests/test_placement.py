@@ -9,8 +9,9 @@ from splitldm.analysis.costs import ModelFlops
 from splitldm.rl.agents.d3ql import D3QL, D3QLConfig
 from splitldm.rl.envs.meg import stand_in_quality_table
 from splitldm.rl.envs.placement import ChainPlacement, greedy_channel_assignment
+from splitldm.rl.evaluate import evaluate_placement
 from splitldm.rl.oracles.placement import (
-    evaluate_placement, exhaustive_optimum, fixed_chain, greedy_placement, monolithic,
+    exhaustive_optimum, fixed_chain, greedy_placement, monolithic,
 )
 
 # SD-1.5 counted FLOPs written out, so these tests count nothing (tests/test_costs.py counts).
@@ -136,8 +137,8 @@ def test_d3ql_learns_and_invariants(tmp_path):
     assert got["masked_choices"] == 0
     assert got["reward"] > rand["reward"] + 0.2
     # save / load round trip
-    agent.save(tmp_path / "p")
-    again = D3QL.load(tmp_path / "p")
+    agent.save_pretrained(tmp_path / "p")
+    again = D3QL.from_pretrained(tmp_path / "p")
     obs, info = env.reset(seed=9)
     assert torch.allclose(again.q_values(obs), agent.q_values(obs))
     assert again.act(obs, info["action_mask"]) == agent.act(obs, info["action_mask"])

@@ -7,8 +7,9 @@ from gymnasium.utils.env_checker import check_env
 
 from splitldm.analysis.costs import ModelFlops
 from splitldm.eval.quality import QualityTable, build_quality_table
+from splitldm.rl.evaluate import evaluate
 from splitldm.rl.oracles.meg import (
-    equal_power, evaluate, fixed_rates, oracle_power, oracle_rates, water_filling, water_filling_power,
+    equal_power, fixed_rates, oracle_power, oracle_rates, water_filling, water_filling_power,
 )
 from splitldm.rl.envs.meg import MEGRates, SeedPower, stand_in_quality_table
 
@@ -40,6 +41,26 @@ def test_registered():
         assert env_id in gym.registry
     env = gym.make("splitldm/SeedPower-v0", num_blocks=4)
     assert env.action_space.shape == (4,)
+
+
+def test_registry_is_the_one_place_and_make_env():
+    from splitldm.rl.envs.caching import ModelCaching
+    from splitldm.rl.envs.registry import ENV_IDS, make_env, register_envs
+
+    register_envs()  # idempotent
+    assert set(ENV_IDS) == {"splitldm/MEGRates-v0", "splitldm/MEGRatesFlat-v0", "splitldm/SeedPower-v0",
+                            "splitldm/ChainPlacement-v0", "splitldm/ModelCaching-v0", "splitldm/ResourceAllocation-v0"}
+    assert all(env_id in gym.registry for env_id in ENV_IDS)
+    env = make_env({"id": "splitldm/MEGRatesFlat-v0"})
+    assert isinstance(env, MEGRates) and env.flat                    # unwrapped, fixed kwargs applied
+    assert isinstance(make_env({"id": "splitldm/SeedPower-v0", "kwargs": {"num_blocks": 3}}), SeedPower)
+    assert gym.spec("splitldm/ModelCaching-v0").entry_point == f"{ModelCaching.__module__}:ModelCaching"
+    with pytest.raises(ValueError, match="env_cfg"):
+        make_env({"id": "splitldm/Nope-v0"})
+    with pytest.raises(TypeError, match="env_cfg"):
+        make_env("splitldm/SeedPower-v0")
+    with pytest.raises(TypeError, match="env_cfg"):
+        make_env({"id": "splitldm/SeedPower-v0", "kwargs": [1]})
 
 
 def test_quality_table_interpolation_and_io(tmp_path):
@@ -205,3 +226,20 @@ def test_megrates_constraint_cost_avoidable_and_deep_fade():
         assert not info["feasible_exists"] and any(info["violation"].values())
         assert info["constraint_cost"] == float(out["load"][i] > out["load"][best])
     assert oracle_rates(None, env) == best
+
+
+def test_one_evaluation_loop():
+    from splitldm.rl.evaluate import rollout
+
+    env = SeedPower(num_blocks=3, seeds_per_episode=4)
+    steps = list(rollout(env, equal_power, episodes=2, seed=7))
+    assert [s.episode for s in steps] == [0] * 4 + [1] * 4
+    assert steps[0].prior_info["gains"].shape == (3,) and "power" in steps[0].info   # reset's info, then step's
+    assert steps[1].prior_info is steps[0].info
+    # the summaries are built on it: same draws, same numbers
+    assert evaluate(env, equal_power, episodes=2, seed=7)["reward"] == pytest.approx(
+        np.mean([s.reward for s in steps]), abs=0)
+    with pytest.raises(ValueError, match="episodes"):
+        rollout(env, equal_power, episodes=0)
+    with pytest.raises(TypeError, match="policy"):
+        rollout(env, None)

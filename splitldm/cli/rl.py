@@ -1,13 +1,17 @@
 """``splitldm rl train --config configs/rl/<x>.yaml`` and ``splitldm rl eval --policy <dir>``:
 train a MEG controller (CVPO, PPO-Lagrangian, PPO), a placement agent (D3QL, configs/rl/d3ql.yaml) or
 the caching + allocation pair (T2DRL = DDQN + D3PG, configs/rl/caching.yaml) and measure it against
-the oracles and baselines on held-out draws. Training writes policy.safetensors, policy.json, curve.png, eval.json."""
+the oracles and baselines on held-out draws. Training writes the policy (config.json, model.safetensors,
+training_state.json; T2DRL: config.json + ddqn/ + d3pg/), run.json, curve.png and eval.json; progress
+lines go to stderr, the summary (one JSON object) to stdout."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sys
 
 
 def register(subparsers) -> None:
@@ -22,11 +26,22 @@ def register(subparsers) -> None:
     t.add_argument("--threads", type=int, default=int(os.environ.get("SPLITLDM_THREADS", "1")))
     t.set_defaults(func=run_train)
     e = sub.add_parser("eval", help="evaluate a saved controller against oracles and baselines")
-    e.add_argument("--policy", required=True, help="folder written by 'rl train'")
+    e.add_argument("--policy", required=True, help="folder written by 'rl train' (config.json + run.json)")
     e.add_argument("--episodes", type=int, default=20)
     e.add_argument("--seed", type=int, default=100_000, help="first held-out episode seed")
     e.add_argument("--threads", type=int, default=int(os.environ.get("SPLITLDM_THREADS", "1")))
     e.set_defaults(func=run_eval)
+
+
+def _progress_to_stderr() -> None:
+    """Show the controllers' progress lines (INFO records of ``splitldm.rl``) on stderr, once."""
+    lg = logging.getLogger("splitldm.rl")
+    if not any(getattr(h, "_splitldm_cli", False) for h in lg.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._splitldm_cli = True
+        lg.addHandler(h)
+    lg.setLevel(logging.INFO)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -40,6 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg["output"] = args.output
     if args.total_steps:
         cfg["hparams"]["total_steps"] = args.total_steps
+    _progress_to_stderr()
     _, summary = train(cfg)
     print(json.dumps(summary))
     return 0
@@ -49,10 +65,14 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
     from pathlib import Path
 
-    from splitldm.rl.train import evaluate_agent, load_agent
+    from splitldm.rl.agents.auto import AutoPolicy
+    from splitldm.rl.evaluate import evaluate_agent
 
     torch.set_num_threads(max(1, args.threads))
-    agent = load_agent(args.policy)
-    run = json.loads((Path(args.policy) / "run.json").read_text())
+    run_file = Path(args.policy) / "run.json"
+    if not run_file.exists():
+        raise FileNotFoundError(f"--policy: {args.policy} has no run.json (expected a folder written by 'rl train')")
+    agent = AutoPolicy.from_pretrained(args.policy)
+    run = json.loads(run_file.read_text())
     print(json.dumps(evaluate_agent(agent, run["env"], args.episodes, args.seed)))
     return 0

@@ -1,20 +1,48 @@
-"""Save / load controllers: weights as safetensors, everything else (hyper-parameters, sizes) as JSON."""
+"""What every controller shares: the MLP builder, observation checks, seeding, and the one way to save
+and load a policy (`PolicyMixin`: ``save_pretrained`` / ``from_pretrained``, the diffusers contract).
+
+A saved policy is a folder::
+
+    config.json           {"_class_name": "CVPO", "_splitldm_version": "0.2.0", <constructor arguments>}
+    model.safetensors     every network's weights, keys "<network>.<parameter>" (float32)
+    training_state.json   what training left besides weights (learning curve, Lagrange multipliers, ...)
+
+Nothing is pickled: weights are safetensors, everything else JSON. A composite policy (`T2DRL`) writes
+its ``config.json`` and one such folder per component. ``from_pretrained`` accepts a local folder, a
+`splitldm.zoo` name, or (only when it is neither and ``HF_HUB_OFFLINE`` is unset) a Hugging Face hub
+id, fetched with ``huggingface_hub.snapshot_download``. Folders written by the previous format
+(``policy.json`` + ``policy.safetensors``) still load.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_policy", "load_policy_files", "mlp", "check_obs", "seed_everything"]
+from splitldm import __version__, zoo
+
+__all__ = ["PolicyMixin", "resolve_pretrained", "read_class_name", "CONFIG_NAME", "WEIGHTS_NAME", "STATE_NAME",
+           "mlp", "check_obs", "seed_everything", "save_policy", "load_policy_files"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "training_state.json"
+LEGACY_CONFIG_NAME = "policy.json"
+LEGACY_WEIGHTS_NAME = "policy.safetensors"
 
 
 def mlp(sizes: list[int], out_gain: float = 1.0) -> torch.nn.Sequential:
-    """Tanh MLP with orthogonal init (CleanRL's recipe)."""
+    """Tanh MLP with orthogonal init (CleanRL's recipe): (B, sizes[0]) -> (B, sizes[-1])."""
     layers: list[torch.nn.Module] = []
     for i in range(len(sizes) - 1):
         lin = torch.nn.Linear(sizes[i], sizes[i + 1])
@@ -43,29 +71,235 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def save_policy(directory: str | Path, modules: dict[str, torch.nn.Module], config: dict[str, Any]) -> Path:
-    """``directory/policy.safetensors`` (all modules' weights, prefixed by name) + ``policy.json``."""
-    d = Path(directory)
+# ---------------------------------------------------------------------------- folders, zoo, hub
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def resolve_pretrained(pretrained_model_name_or_path: str | os.PathLike) -> Path:
+    """The local folder of a saved policy: ``pretrained_model_name_or_path`` itself when it is a folder,
+    the zoo folder of a `splitldm.zoo` name, else (``HF_HUB_OFFLINE`` unset) the hub snapshot of that id.
+
+    Raises:
+        TypeError: not a str or path.
+        FileNotFoundError: neither a folder nor a zoo name, and the hub is off or has no such repository.
+    """
+    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+        raise TypeError("pretrained_model_name_or_path: expected a folder, a zoo name or a hub id, got "
+                        f"{type(pretrained_model_name_or_path).__name__}")
+    name = os.fspath(pretrained_model_name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"pretrained_model_name_or_path: {name} is a file, expected the folder "
+                                f"save_pretrained wrote ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    if zoo.is_zoo_name(name):
+        return zoo.resolve(name)
+    if _hub_offline() or not isinstance(pretrained_model_name_or_path, str):
+        raise FileNotFoundError(f"pretrained_model_name_or_path: no folder at {name} and it is not a zoo name "
+                                f"({sorted(zoo.MODELS)}); hub ids are not tried while HF_HUB_OFFLINE is set")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name))
+    except Exception as exc:  # any hub failure (bad id, no network) means: nothing to load
+        raise FileNotFoundError(f"pretrained_model_name_or_path: no folder at {name}, not a zoo name, "
+                                f"and the hub could not provide it ({type(exc).__name__}: {exc})") from exc
+
+
+def read_class_name(folder: str | os.PathLike) -> str:
+    """The policy class saved in ``folder``: ``config.json``'s ``_class_name`` (or, for a folder of the
+    previous format, the class of ``policy.json``'s ``algorithm``)."""
+    d = Path(folder)
+    if (d / CONFIG_NAME).exists():
+        name = json.loads((d / CONFIG_NAME).read_text()).get("_class_name")
+        if not isinstance(name, str):
+            raise ValueError(f"pretrained_model_name_or_path: {d / CONFIG_NAME} has no '_class_name'")
+        return name
+    if (d / LEGACY_CONFIG_NAME).exists():
+        algo = json.loads((d / LEGACY_CONFIG_NAME).read_text()).get("algorithm")
+        if algo not in _LEGACY_CLASS:
+            raise ValueError(f"pretrained_model_name_or_path: unknown algorithm {algo!r} in {d / LEGACY_CONFIG_NAME}")
+        return _LEGACY_CLASS[algo]
+    raise FileNotFoundError(f"pretrained_model_name_or_path: the directory {d} has no {CONFIG_NAME}")
+
+
+#: ``algorithm`` tag of the previous format -> class name.
+_LEGACY_CLASS = {"cvpo": "CVPO", "ppo": "PPO", "ppo_lagrangian": "PPOLagrangian", "d3ql": "D3QL", "ddqn": "DDQN",
+                 "d3pg": "D3PG", "t2drl": "T2DRL"}
+
+
+def _flatten(weights: Mapping[str, torch.nn.Module | torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, w in weights.items():
+        if isinstance(w, torch.nn.Module):
+            out.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in w.state_dict().items()})
+        else:
+            out[name] = w.detach().cpu().contiguous()
+    return out
+
+
+def _unflatten(flat: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``{"actor.0.weight": t, "log_std": s}`` -> ``{"actor": {"0.weight": t}, "log_std": s}``."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if "." in k:
+            name, rest = k.split(".", 1)
+            out.setdefault(name, {})[rest] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=float))
+
+
+def _save_dir(save_directory) -> Path:
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"save_directory: expected a folder path, got {type(save_directory).__name__}")
+    d = Path(save_directory).expanduser()
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"save_directory: {d} is a file, expected a folder")
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
-               for k, v in m.state_dict().items()}
-    save_file(tensors, str(d / "policy.safetensors"))
-    (d / "policy.json").write_text(json.dumps(config, indent=1, default=float))
     return d
 
 
-def load_policy_files(directory: str | Path, algorithm: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """(weights by module name, config) saved by `save_policy`; checks the algorithm matches."""
+def config_header(obj: object) -> dict[str, str]:
+    """The first keys of every ``config.json``: the class name and the splitldm version that wrote it."""
+    return {"_class_name": type(obj).__name__, "_splitldm_version": __version__}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}",
+                  DeprecationWarning, stacklevel=3)
+
+
+class PolicyMixin:
+    """``save_pretrained`` / ``from_pretrained`` for a controller (the diffusers contract for an object
+    that is not one ``nn.Module``), plus the deprecated ``save`` / ``load`` aliases.
+
+    A subclass provides ``_init_config()`` (its constructor arguments, JSON), ``_from_init_config(cfg)``
+    (the constructor call), ``_weights()`` (name -> module or tensor) and ``_training_state()`` (JSON),
+    and restores them in ``_load_weights_and_state(weights, state)``.
+    """
+
+    algorithm: str = ""
+
+    # --------------------------------------------------------------- to implement
+    def _init_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_init_config(cls, config: Mapping[str, Any]):
+        raise NotImplementedError
+
+    def _weights(self) -> dict[str, torch.nn.Module | torch.Tensor]:
+        raise NotImplementedError
+
+    def _training_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_weights_and_state(self, weights: dict[str, Any], state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- the contract
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``training_state.json`` into
+        ``save_directory`` (created if needed); returns the folder."""
+        d = _save_dir(save_directory)
+        _write_json(d / CONFIG_NAME, {**config_header(self), **self._init_config()})
+        save_file(_flatten(self._weights()), str(d / WEIGHTS_NAME), metadata={"format": "pt"})
+        _write_json(d / STATE_NAME, self._training_state())
+        logger.debug("saved %s to %s", type(self).__name__, d)
+        return d
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike):
+        """The policy saved by `save_pretrained` in a local folder, a zoo name, or a hub id (online only).
+
+        Raises:
+            FileNotFoundError: nothing to load (see `resolve_pretrained`), or a file missing.
+            ValueError: the folder holds another class of policy.
+        """
+        d = resolve_pretrained(pretrained_model_name_or_path)
+        config, weights, state = _read_folder(d, cls)
+        agent = cls._from_init_config(config)
+        agent._load_weights_and_state(weights, state)
+        return agent
+
+    # --------------------------------------------------------------- deprecated aliases (one release)
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Deprecated alias of `save_pretrained`."""
+        _deprecated(f"{type(self).__name__}.save", f"{type(self).__name__}.save_pretrained")
+        return self.save_pretrained(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike):
+        """Deprecated alias of `from_pretrained`."""
+        _deprecated(f"{cls.__name__}.load", f"{cls.__name__}.from_pretrained")
+        return cls.from_pretrained(directory)
+
+
+def _check_class(d: Path, found: str, cls: type) -> None:
+    if found != cls.__name__:
+        want = getattr(cls, "algorithm", "") or cls.__name__
+        raise ValueError(f"pretrained_model_name_or_path: the directory {d} holds a {found} policy, "
+                         f"not a {cls.__name__} one ({want!r})")
+
+
+def read_config(d: Path, cls: type) -> dict[str, Any] | None:
+    """``config.json`` of folder ``d`` checked to be a ``cls`` policy; None for a previous-format folder."""
+    if not (d / CONFIG_NAME).exists():
+        if (d / LEGACY_CONFIG_NAME).exists():
+            return None
+        raise FileNotFoundError(f"pretrained_model_name_or_path: the directory {d} has no {CONFIG_NAME}")
+    config = json.loads((d / CONFIG_NAME).read_text())
+    _check_class(d, read_class_name(d), cls)
+    return config
+
+
+def _read_folder(d: Path, cls: type) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(constructor config, weights by network, training state) of folder ``d``, either format."""
+    config = read_config(d, cls)
+    if config is None:  # previous format: policy.json holds config and state, policy.safetensors the weights
+        weights, meta = _load_legacy(d, getattr(cls, "algorithm", ""))
+        return meta, weights, meta
+    if not (d / WEIGHTS_NAME).exists():
+        raise FileNotFoundError(f"pretrained_model_name_or_path: the directory {d} has no {WEIGHTS_NAME}")
+    state = json.loads((d / STATE_NAME).read_text()) if (d / STATE_NAME).exists() else {}
+    return config, _unflatten(load_file(str(d / WEIGHTS_NAME))), state
+
+
+# ---------------------------------------------------------------------------- previous format
+
+def _load_legacy(directory: str | Path, algorithm: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     d = Path(directory)
-    for f in ("policy.safetensors", "policy.json"):
+    for f in (LEGACY_WEIGHTS_NAME, LEGACY_CONFIG_NAME):
         if not (d / f).exists():
             raise FileNotFoundError(f"directory: {d} has no {f}")
-    config = json.loads((d / "policy.json").read_text())
+    config = json.loads((d / LEGACY_CONFIG_NAME).read_text())
     if config.get("algorithm") != algorithm:
         raise ValueError(f"directory: {d} holds a {config.get('algorithm')!r} policy, not {algorithm!r}")
-    flat = load_file(str(d / "policy.safetensors"))
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for k, v in flat.items():
-        name, rest = k.split(".", 1)
-        out.setdefault(name, {})[rest] = v
-    return out, config
+    return _unflatten(load_file(str(d / LEGACY_WEIGHTS_NAME))), config
+
+
+def save_policy(directory: str | Path, modules: dict[str, torch.nn.Module], config: dict[str, Any]) -> Path:
+    """Deprecated (previous format): ``directory/policy.safetensors`` (all modules' weights, prefixed by
+    name) + ``policy.json``. Use the policy's ``save_pretrained``."""
+    _deprecated("save_policy", "the policy's save_pretrained")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(_flatten(modules), str(d / LEGACY_WEIGHTS_NAME))
+    (d / LEGACY_CONFIG_NAME).write_text(json.dumps(config, indent=1, default=float))
+    return d
+
+
+def load_policy_files(directory: str | Path, algorithm: str
+                      ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Deprecated (previous format): (weights by module name, config) saved by `save_policy`; checks the
+    algorithm matches. Use the policy class's ``from_pretrained``."""
+    _deprecated("load_policy_files", "the policy class's from_pretrained")
+    return _load_legacy(directory, algorithm)

@@ -29,9 +29,9 @@ environment (``MEGRates(flat=True)``).
 from __future__ import annotations
 
 import copy
+import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from splitldm.rl.agents.common import check_obs, load_policy_files, mlp, save_policy
+from splitldm.rl.agents.common import PolicyMixin, check_obs, mlp
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,8 +67,9 @@ class CVPOConfig:
     seed: int = 0
 
 
-class CVPO:
-    """Actor ``pi(a|s)`` (categorical), critics ``Q_r``, ``Q_c``; `act` / `train_on` / `save` / `load`."""
+class CVPO(PolicyMixin):
+    """Actor ``pi(a|s)`` (categorical), critics ``Q_r``, ``Q_c``; `act` / `train_on` /
+    `save_pretrained` / `from_pretrained`."""
 
     algorithm = "cvpo"
 
@@ -175,6 +178,7 @@ class CVPO:
     @classmethod
     def train_on(cls, env, config: CVPOConfig | None = None, log=None) -> "CVPO":
         """Train on ``env`` (Discrete actions, ``info["constraint_cost"]``) for ``config.total_steps``."""
+        log = log or logger.info  # progress lines (None: this module's logger, INFO)
         from gymnasium import spaces
 
         if not isinstance(env.action_space, spaces.Discrete):
@@ -207,22 +211,25 @@ class CVPO:
         return agent
 
     # ------------------------------------------------------------------ io
-    def save(self, directory: str | Path) -> Path:
-        return save_policy(directory, {"actor": self.actor, "q_r": self.q_r, "q_c": self.q_c},
-                           {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "n_actions": self.n_actions,
-                            "config": asdict(self.cfg), "eta": self.eta, "lam": self.lam,
-                            "history": self.history})
+    def _init_config(self) -> dict[str, Any]:
+        return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "config": asdict(self.cfg)}
 
     @classmethod
-    def load(cls, directory: str | Path) -> "CVPO":
-        weights, meta = load_policy_files(directory, cls.algorithm)
-        agent = cls(meta["obs_dim"], meta["n_actions"], CVPOConfig(**meta["config"]))
+    def _from_init_config(cls, config) -> "CVPO":
+        return cls(config["obs_dim"], config["n_actions"], CVPOConfig(**config["config"]))
+
+    def _weights(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "q_r": self.q_r, "q_c": self.q_c}
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"eta": self.eta, "lam": self.lam, "history": self.history}
+
+    def _load_weights_and_state(self, weights, state) -> None:
         for name in ("actor", "q_r", "q_c"):
-            getattr(agent, name).load_state_dict(weights[name])
-        agent.q_r_targ.load_state_dict(weights["q_r"])
-        agent.q_c_targ.load_state_dict(weights["q_c"])
-        agent.eta, agent.lam, agent.history = meta["eta"], meta["lam"], meta["history"]
-        return agent
+            getattr(self, name).load_state_dict(weights[name])
+        self.q_r_targ.load_state_dict(weights["q_r"])
+        self.q_c_targ.load_state_dict(weights["q_c"])
+        self.eta, self.lam, self.history = state["eta"], state["lam"], state["history"]
 
 
 class _Replay:

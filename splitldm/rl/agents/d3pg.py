@@ -30,17 +30,20 @@ Train: ``agent = D3PG.train_on(ResourceAllocation(...), D3PGConfig())``; act: ``
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splitldm.rl.agents.common import check_obs, load_policy_files, save_policy
+from splitldm.rl.agents.common import PolicyMixin, check_obs
 
 __all__ = ["D3PG", "D3PGConfig", "DiffusionActor", "UserCritic"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -163,8 +166,8 @@ class UserCritic(torch.nn.Module):
         return (act * self.psi(torch.cat([h, pool], -1))).sum(1)               # (B, 1)
 
 
-class D3PG:
-    """Diffusion actor + twin critics; `act`, `train_on`, `save`, `load`, `history`."""
+class D3PG(PolicyMixin):
+    """Diffusion actor + twin critics; `act`, `train_on`, `save_pretrained`, `from_pretrained`, `history`."""
 
     algorithm = "d3pg"
 
@@ -255,6 +258,7 @@ class D3PG:
     @classmethod
     def train_on(cls, env, config: D3PGConfig | None = None, log=None) -> "D3PG":
         """Train on ``env`` (a Box action of shares, e.g. `ResourceAllocation`) for ``config.total_steps``."""
+        log = log or logger.info  # progress lines (None: this module's logger, INFO)
         from gymnasium import spaces
 
         if not isinstance(env.action_space, spaces.Box) or len(env.action_space.shape) != 1:
@@ -298,18 +302,22 @@ class D3PG:
         return agent
 
     # ------------------------------------------------------------------ io
-    def save(self, directory: str | Path) -> Path:
-        return save_policy(directory, {"actor": self.actor, "q1": self.q1, "q2": self.q2},
-                           {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                            "config": asdict(self.cfg), "updates": self.updates, "history": self.history})
+    def _init_config(self) -> dict[str, Any]:
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "config": asdict(self.cfg)}
 
     @classmethod
-    def load(cls, directory: str | Path) -> "D3PG":
-        weights, meta = load_policy_files(directory, cls.algorithm)
-        cfg = {"predict_x0": False, **meta["config"]}  # policies saved before the option predicted the noise
-        agent = cls(meta["obs_dim"], meta["act_dim"], D3PGConfig(**cfg))
+    def _from_init_config(cls, config) -> "D3PG":
+        cfg = {"predict_x0": False, **config["config"]}  # policies saved before the option predicted the noise
+        return cls(config["obs_dim"], config["act_dim"], D3PGConfig(**cfg))
+
+    def _weights(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "q1": self.q1, "q2": self.q2}
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"updates": self.updates, "history": self.history}
+
+    def _load_weights_and_state(self, weights, state) -> None:
         for name in ("actor", "q1", "q2"):
-            getattr(agent, name).load_state_dict(weights[name])
-            getattr(agent, name + "_targ").load_state_dict(weights[name])
-        agent.updates, agent.history = int(meta["updates"]), meta["history"]
-        return agent
+            getattr(self, name).load_state_dict(weights[name])
+            getattr(self, name + "_targ").load_state_dict(weights[name])
+        self.updates, self.history = int(state["updates"]), state["history"]

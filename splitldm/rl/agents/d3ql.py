@@ -24,16 +24,20 @@ Train: ``agent = D3QL.train_on(ChainPlacement(num_users=[2, 5, 10, 20]), D3QLCon
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splitldm.rl.agents.common import check_obs, load_policy_files, mlp, save_policy
+from splitldm.rl.agents.common import PolicyMixin, check_obs, mlp
 
 __all__ = ["D3QL", "D3QLConfig", "QNet", "MaskedReplay"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,8 +148,9 @@ def _check_mask(mask, n: int) -> np.ndarray:
     return m
 
 
-class D3QL:
-    """Double (+ dueling) DQN with action masks: `act`, `train_on`, `save`, `load`, `history`."""
+class D3QL(PolicyMixin):
+    """Double (+ dueling) DQN with action masks: `act`, `train_on`, `save_pretrained`, `from_pretrained`,
+    `history`."""
 
     algorithm = "d3ql"
     config_cls = D3QLConfig
@@ -218,6 +223,7 @@ class D3QL:
     @classmethod
     def train_on(cls, env, config: D3QLConfig | None = None, log=None):
         """Train on ``env`` (Discrete actions; ``info["action_mask"]`` optional) for ``config.total_steps``."""
+        log = log or logger.info  # progress lines (None: this module's logger, INFO)
         from gymnasium import spaces
 
         if not isinstance(env.action_space, spaces.Discrete):
@@ -278,16 +284,20 @@ class D3QL:
         return agent
 
     # ------------------------------------------------------------------ io
-    def save(self, directory: str | Path) -> Path:
-        return save_policy(directory, {"q": self.q, "q_targ": self.q_targ},
-                           {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "n_actions": self.n_actions,
-                            "config": asdict(self.cfg), "updates": self.updates, "history": self.history})
+    def _init_config(self) -> dict[str, Any]:
+        return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "config": asdict(self.cfg)}
 
     @classmethod
-    def load(cls, directory: str | Path):
-        weights, meta = load_policy_files(directory, cls.algorithm)
-        agent = cls(meta["obs_dim"], meta["n_actions"], cls.config_cls(**meta["config"]))
-        agent.q.load_state_dict(weights["q"])
-        agent.q_targ.load_state_dict(weights["q_targ"])
-        agent.updates, agent.history = int(meta["updates"]), meta["history"]
-        return agent
+    def _from_init_config(cls, config):
+        return cls(config["obs_dim"], config["n_actions"], cls.config_cls(**config["config"]))
+
+    def _weights(self) -> dict[str, torch.nn.Module]:
+        return {"q": self.q, "q_targ": self.q_targ}
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"updates": self.updates, "history": self.history}
+
+    def _load_weights_and_state(self, weights, state) -> None:
+        self.q.load_state_dict(weights["q"])
+        self.q_targ.load_state_dict(weights["q_targ"])
+        self.updates, self.history = int(state["updates"]), state["history"]

@@ -11,15 +11,18 @@ added value noise and left the policy below equal power.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splitldm.rl.agents.common import check_obs, load_policy_files, mlp, save_policy
+from splitldm.rl.agents.common import PolicyMixin, check_obs, mlp
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class PPOConfig:
     seed: int = 0
 
 
-class PPO:
+class PPO(PolicyMixin):
     algorithm = "ppo"
 
     def __init__(self, obs_dim: int, act_dim: int, config: PPOConfig | None = None):
@@ -70,6 +73,7 @@ class PPO:
 
     @classmethod
     def train_on(cls, env, config: PPOConfig | None = None, log=None) -> "PPO":
+        log = log or logger.info  # progress lines (None: this module's logger, INFO)
         cfg = config or PPOConfig()
         agent = cls(int(env.observation_space.shape[0]), int(env.action_space.shape[0]), cfg)
         obs, _ = env.reset(seed=cfg.seed)
@@ -127,20 +131,24 @@ class PPO:
                     agent.opt.step()
         return agent
 
-    def save(self, directory: str | Path) -> Path:
-        holder = torch.nn.Module()
-        holder.log_std = self.log_std
-        return save_policy(directory, {"mean": self.mean, "value": self.value, "std": holder},
-                           {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                            "config": asdict(self.cfg), "history": self.history})
+    def _init_config(self) -> dict[str, Any]:
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "config": asdict(self.cfg)}
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PPO":
-        weights, meta = load_policy_files(directory, cls.algorithm)
-        agent = cls(meta["obs_dim"], meta["act_dim"], PPOConfig(**meta["config"]))
-        agent.mean.load_state_dict(weights["mean"])
-        agent.value.load_state_dict(weights["value"])
+    def _from_init_config(cls, config) -> "PPO":
+        return cls(config["obs_dim"], config["act_dim"], PPOConfig(**config["config"]))
+
+    def _weights(self) -> dict[str, torch.nn.Module | torch.Tensor]:
+        return {"mean": self.mean, "value": self.value, "log_std": self.log_std}
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def _load_weights_and_state(self, weights, state) -> None:
+        self.mean.load_state_dict(weights["mean"])
+        self.value.load_state_dict(weights["value"])
+        # the previous format kept it as "std.log_std"
+        log_std = weights["log_std"] if "log_std" in weights else weights["std"]["log_std"]
         with torch.no_grad():
-            agent.log_std.copy_(weights["std"]["log_std"])
-        agent.history = meta["history"]
-        return agent
+            self.log_std.copy_(log_std)
+        self.history = state["history"]

@@ -8,15 +8,18 @@ Hyper-parameters in `PPOLagConfig`; train with ``PPOLagrangian.train_on(MEGRates
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splitldm.rl.agents.common import check_obs, load_policy_files, mlp, save_policy
+from splitldm.rl.agents.common import PolicyMixin, check_obs, mlp
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,7 +41,7 @@ class PPOLagConfig:
     seed: int = 0
 
 
-class PPOLagrangian:
+class PPOLagrangian(PolicyMixin):
     algorithm = "ppo_lagrangian"
 
     def __init__(self, obs_dim: int, n_actions: int, config: PPOLagConfig | None = None):
@@ -76,6 +79,7 @@ class PPOLagrangian:
 
     @classmethod
     def train_on(cls, env, config: PPOLagConfig | None = None, log=None) -> "PPOLagrangian":
+        log = log or logger.info  # progress lines (None: this module's logger, INFO)
         from gymnasium import spaces
 
         if not isinstance(env.action_space, spaces.Discrete):
@@ -145,16 +149,20 @@ class PPOLagrangian:
                     agent.opt.step()
         return agent
 
-    def save(self, directory: str | Path) -> Path:
-        return save_policy(directory, {"actor": self.actor, "v_r": self.v_r, "v_c": self.v_c},
-                           {"algorithm": self.algorithm, "obs_dim": self.obs_dim, "n_actions": self.n_actions,
-                            "config": asdict(self.cfg), "lam": self.lam, "history": self.history})
+    def _init_config(self) -> dict[str, Any]:
+        return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "config": asdict(self.cfg)}
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PPOLagrangian":
-        weights, meta = load_policy_files(directory, cls.algorithm)
-        agent = cls(meta["obs_dim"], meta["n_actions"], PPOLagConfig(**meta["config"]))
+    def _from_init_config(cls, config) -> "PPOLagrangian":
+        return cls(config["obs_dim"], config["n_actions"], PPOLagConfig(**config["config"]))
+
+    def _weights(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "v_r": self.v_r, "v_c": self.v_c}
+
+    def _training_state(self) -> dict[str, Any]:
+        return {"lam": self.lam, "history": self.history}
+
+    def _load_weights_and_state(self, weights, state) -> None:
         for name in ("actor", "v_r", "v_c"):
-            getattr(agent, name).load_state_dict(weights[name])
-        agent.lam, agent.history = meta["lam"], meta["history"]
-        return agent
+            getattr(self, name).load_state_dict(weights[name])
+        self.lam, self.history = state["lam"], state["history"]

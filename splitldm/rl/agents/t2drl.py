@@ -8,12 +8,17 @@
    the trained D3PG actor.
 
 ``agent.act(obs, mask)`` is the caching decision; ``agent.allocator`` the slot policy to pass as
-``ModelCaching(allocator=...)`` (`evaluate` does it).
+``ModelCaching(allocator=...)`` (`splitldm.rl.evaluate.evaluate_caching` does it).
+
+Saved (`save_pretrained`) as a folder with ``config.json`` (class name, `T2DRLConfig`, the
+environment's keyword arguments) and one `save_pretrained` folder per component: ``ddqn/``, ``d3pg/``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from splitldm.rl.envs.caching import ModelCaching, ResourceAllocation, lfu_cache
+from splitldm.rl.agents.common import (
+    CONFIG_NAME, PolicyMixin, _save_dir, _write_json, config_header, read_config, resolve_pretrained,
+)
 from splitldm.rl.agents.d3pg import D3PG, D3PGConfig
 from splitldm.rl.agents.ddqn import DDQN, DDQNConfig
+from splitldm.rl.envs.caching import ModelCaching, ResourceAllocation
+from splitldm.rl.oracles.caching import lfu_cache
 
 __all__ = ["T2DRL", "T2DRLConfig"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,8 +49,9 @@ class T2DRLConfig:
     seed: int = 0
 
 
-class T2DRL:
-    """A trained (DDQN cacher, D3PG allocator) pair; `act`, `allocator`, `train_on`, `save`, `load`."""
+class T2DRL(PolicyMixin):
+    """A trained (DDQN cacher, D3PG allocator) pair; `act`, `allocator`, `train_on`, `save_pretrained`,
+    `from_pretrained`."""
 
     algorithm = "t2drl"
 
@@ -60,6 +72,7 @@ class T2DRL:
 
     @classmethod
     def train_on(cls, env: ModelCaching, config: T2DRLConfig | None = None, log=None) -> "T2DRL":
+        log = log or logger.info  # progress lines (None: this module's logger, INFO)
         env = getattr(env, "unwrapped", env)
         if not isinstance(env, ModelCaching):
             raise TypeError(f"env: T2DRL trains on a ModelCaching environment, got {type(env).__name__}")
@@ -91,20 +104,30 @@ class T2DRL:
         return cls(ddqn, d3pg, cfg, kwargs)
 
     # ------------------------------------------------------------------ io
-    def save(self, directory: str | Path) -> Path:
-        d = Path(directory)
-        self.ddqn.save(d / "ddqn")
-        self.d3pg.save(d / "d3pg")
-        (d / "policy.json").write_text(json.dumps({"algorithm": self.algorithm, "config": asdict(self.cfg),
-                                                   "env_kwargs": self.env_kwargs}, indent=1, default=str))
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """``config.json`` + ``ddqn/`` and ``d3pg/`` (each a `save_pretrained` folder); returns the folder."""
+        d = _save_dir(save_directory)
+        self.ddqn.save_pretrained(d / "ddqn")
+        self.d3pg.save_pretrained(d / "d3pg")
+        components = {"ddqn": type(self.ddqn).__name__, "d3pg": type(self.d3pg).__name__}
+        _write_json(d / CONFIG_NAME, {**config_header(self), "config": asdict(self.cfg),
+                                      "env_kwargs": _jsonable(self.env_kwargs), "components": components})
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "T2DRL":
-        d = Path(directory)
-        if not (d / "policy.json").exists():
-            raise FileNotFoundError(f"directory: {d} has no policy.json")
-        meta = json.loads((d / "policy.json").read_text())
-        if meta.get("algorithm") != cls.algorithm:
-            raise ValueError(f"directory: {d} holds a {meta.get('algorithm')!r} policy, not {cls.algorithm!r}")
-        return cls(DDQN.load(d / "ddqn"), D3PG.load(d / "d3pg"), T2DRLConfig(**meta["config"]), meta["env_kwargs"])
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike) -> "T2DRL":
+        """The pair saved by `save_pretrained` (or by the previous format's ``save``) in a local folder, a
+        zoo name, or a hub id (online only)."""
+        d = resolve_pretrained(pretrained_model_name_or_path)
+        meta = read_config(d, cls)
+        if meta is None:  # previous format: policy.json
+            meta = json.loads((d / "policy.json").read_text())
+            if meta.get("algorithm") != cls.algorithm:
+                raise ValueError(f"directory: {d} holds a {meta.get('algorithm')!r} policy, not {cls.algorithm!r}")
+        return cls(DDQN.from_pretrained(d / "ddqn"), D3PG.from_pretrained(d / "d3pg"), T2DRLConfig(**meta["config"]),
+                   meta["env_kwargs"])
+
+
+def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Environment keyword arguments as JSON (objects such as `ChannelParams` as their repr, as before)."""
+    return json.loads(json.dumps(kwargs, default=str))

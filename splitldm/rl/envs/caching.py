@@ -8,7 +8,7 @@
 * `ResourceAllocation` ("splitldm/ResourceAllocation-v0"): the same system seen at the **slot**
   timescale. One step = one slot; the action is a share of compute and of bandwidth per user slot
   (``Box(0, 1, (2 U,))``, each half normalised over the active users; all zeros = equal shares). The
-  cache is set at every frame start by ``cacher`` (default LFU, `lfu_cache`).
+  cache is set at every frame start by ``cacher`` (default LFU, `ModelCaching.lfu_subset`).
 
 System (per slot): ``num_users`` users (an int or a list, one drawn per frame; at most
 ``max_users``) each ask one model of the catalogue, drawn from a Zipf popularity whose ranking drifts
@@ -39,7 +39,6 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
@@ -48,11 +47,10 @@ from gymnasium import spaces
 
 from splitldm.analysis.costs import ChannelParams, ModelFlops, model_flops
 from splitldm.eval.quality import QualityTable
+from splitldm.rl.envs.meg import stand_in_quality_table
 from splitldm.zoo import checkpoints_dir
 
-__all__ = ["GenModel", "default_catalog", "model_memory_gb", "ModelCaching", "ResourceAllocation",
-           "lfu_cache", "equal_allocation", "optimal_allocation", "oracle_cache", "frame_value",
-           "evaluate_caching", "evaluate_allocation", "register_caching_envs"]
+__all__ = ["GenModel", "default_catalog", "model_memory_gb", "ModelCaching", "ResourceAllocation", "CEILINGS"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -106,8 +104,6 @@ CEILINGS = {"tiny": 0.35, "tiny-lcm": 0.33, "sd15": 0.75, "sd21": 0.8, "sdxl": 0
 
 def _teacher_shape(name: str) -> tuple[tuple[int, ...], tuple[float, ...], str]:
     """Quality-vs-steps shape (max 1) from a shipped measured table, else from the stand-in table."""
-    from splitldm.rl.envs.meg import stand_in_quality_table
-
     path = checkpoints_dir() / "quality" / f"{name}.json"
     if path.exists():
         table, src = QualityTable.load(path), str(path)
@@ -370,6 +366,17 @@ class ModelCaching(gym.Env):
         self.cache = new
         return loaded
 
+    def lfu_subset(self) -> int:
+        """Least-frequently-used caching: models by requests so far this episode (ties: smaller first),
+        added while they fit in memory. Returns the subset index (into `subsets`)."""
+        order = sorted(range(self.M), key=lambda i: (-self.total_counts[i], self._mem[i]))
+        chosen, used = [], 0.0
+        for i in order:
+            if used + self._mem[i] <= self.memory_gb + 1e-9:
+                chosen.append(i)
+                used += self._mem[i]
+        return self.subsets.index(tuple(sorted(chosen)))
+
     def end_frame(self) -> None:
         self.last_counts = self.last_counts_frame.copy()
         self.total_counts += self.last_counts
@@ -401,7 +408,8 @@ class ResourceAllocation(gym.Env):
     """Slot-level view of `ModelCaching`: one step = one slot, the action shares compute and bandwidth.
 
     ``cacher(frame_obs, caching_env) -> subset index`` decides the cache at each frame start (default
-    `lfu_cache`); other keyword arguments go to `ModelCaching`. An episode is ``frames_per_episode``
+    `ModelCaching.lfu_subset`, the rule of `splitldm.rl.oracles.caching.lfu_cache`); other keyword
+    arguments go to `ModelCaching`. An episode is ``frames_per_episode``
     frames. Reward: the slot's summed user rewards.
     """
 
@@ -411,7 +419,7 @@ class ResourceAllocation(gym.Env):
         super().__init__()
         caching_kwargs.pop("allocator", None)
         self.core = ModelCaching(**caching_kwargs)
-        self.cacher = cacher or lfu_cache
+        self.cacher = cacher or _lfu
         U = self.core.max_users
         self.action_space = spaces.Box(0.0, 1.0, shape=(2 * U,), dtype=np.float32)
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(6 * U,), dtype=np.float32)
@@ -436,150 +444,6 @@ class ResourceAllocation(gym.Env):
         return obs, r, False, done, info
 
 
-# ---------------------------------------------------------------------------- baselines
-
-def _compositions(total: int, parts: int) -> np.ndarray:
-    """All (P, parts) int arrays of non-negative entries summing to ``total``."""
-    if parts == 0:
-        return np.zeros((1, 0), np.int64)
-    out = [[c[0]] + [c[i] - c[i - 1] for i in range(1, len(c))] + [total - c[-1]] if c else [total]
-           for c in itertools.combinations_with_replacement(range(total + 1), parts - 1)]
-    return np.array(out, np.int64).reshape(-1, parts)
-
-
-def optimal_allocation(obs, env, resolution: int = 20, max_pairs: int = 5_000_000) -> np.ndarray:
-    """The best allocation of the current slot by exhaustive search on the grid of shares
-    ``k / resolution`` (compute over the edge-served users, bandwidth over the active users).
-    Small instances only: raises ValueError when more than ``max_pairs`` share pairs would be tried."""
-    e = _core(env)
-    if not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution: expected an int >= 1, got {resolution!r}")
-    s = e.slot
-    act = np.flatnonzero(e.req_active[s])
-    edge = [u for u in act if e.req_model[s][u] in e.cache]
-    n_c = math.comb(resolution + len(edge) - 1, len(edge) - 1) if edge else 1
-    n_b = math.comb(resolution + len(act) - 1, len(act) - 1)
-    if n_c * n_b > max_pairs:
-        raise ValueError(f"resolution: {n_c} x {n_b} share pairs exceed max_pairs={max_pairs}; "
-                         "use fewer users or a coarser grid")
-    pc, pb = _compositions(resolution, len(edge)), _compositions(resolution, len(act))
-    g = np.arange(resolution + 1) / resolution
-    U = e.max_users
-    R = e.user_outcomes(s, e.cache, np.broadcast_to(g[:, None, None], (len(g), 1, U)),
-                        np.broadcast_to(g[None, :, None], (1, len(g), U)))["reward"]   # (kc, kb, U)
-    kc = np.zeros((len(pc), U), np.int64)
-    kc[:, edge] = pc
-    kb = np.zeros((len(pb), U), np.int64)
-    kb[:, act] = pb
-    total = np.zeros((len(pc), len(pb)))
-    for u in act:
-        total += R[kc[:, u][:, None], kb[:, u][None, :], u]
-    i, j = np.unravel_index(int(np.argmax(total)), total.shape)
-    a = np.zeros(2 * U, np.float32)
-    a[:U] = kc[i] / resolution
-    a[U:] = kb[j] / resolution
-    if not edge:
-        a[:U] = 0.0
-    return a
-
-
-def frame_value(env, subset: int, allocator: Callable | None = None) -> float:
-    """Reward the current frame would earn with cache ``subset`` and ``allocator`` (no side effects)."""
-    e = _core(env)
-    saved = (e.cache, e.slot, e.last_counts_frame.copy())
-    loaded = e.set_cache(subset)
-    total = -e.w_load * loaded
-    try:
-        for _ in range(e.S):
-            obs = e.slot_observation()
-            total += e.serve_slot(np.ones(2 * e.max_users) if allocator is None else allocator(obs, e))[0]
-    finally:
-        e.cache, e.slot, e.last_counts_frame = saved
-    return float(total)
-
-
-def oracle_cache(allocator: Callable | None = None) -> Callable:
-    """Per-frame clairvoyant caching: the subset with the best reward on the frame's actual requests
-    (served by ``allocator``), found by trying every subset."""
-    def policy(obs, env) -> int:
-        e = _core(env)
-        return int(np.argmax([frame_value(e, k, allocator) for k in range(len(e.subsets))]))
-
-    return policy
-
-
-def _core(env) -> ModelCaching:
-    env = getattr(env, "unwrapped", env)
-    if isinstance(env, ResourceAllocation):
-        env = env.core
-    if not isinstance(env, ModelCaching):
-        raise TypeError(f"env: expected a ModelCaching or ResourceAllocation, got {type(env).__name__}")
-    return env
-
-
-def lfu_cache(obs, env) -> int:
-    """Least-frequently-used caching: models by requests so far this episode (ties: smaller first),
-    added while they fit in memory. Returns the subset index."""
-    e = _core(env)
-    order = sorted(range(e.M), key=lambda i: (-e.total_counts[i], e._mem[i]))
-    chosen, used = [], 0.0
-    for i in order:
-        if used + e._mem[i] <= e.memory_gb + 1e-9:
-            chosen.append(i)
-            used += e._mem[i]
-    return e.subsets.index(tuple(sorted(chosen)))
-
-
-def equal_allocation(obs, env) -> np.ndarray:
-    """Equal compute and bandwidth shares (the environment normalises over the active users)."""
-    return np.ones(2 * _core(env).max_users, dtype=np.float32)
-
-
-def evaluate_caching(env, cacher: Callable, allocator: Callable | None = None, episodes: int = 5,
-                     seed: int = 100_000, num_users: int | None = None) -> dict[str, Any]:
-    """Mean frame reward of ``cacher`` (frame policy) with ``allocator`` (slot policy) on a
-    `ModelCaching` env over held-out episodes; also latency, late rate, quality (per user request)."""
-    if not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes: expected an int >= 1, got {episodes!r}")
-    e = _core(env)
-    saved = (e.allocator, e.user_choices)
-    e.allocator = allocator
-    if num_users is not None:
-        e.user_choices = [int(num_users)]
-    rew, lat, late, q = [], [], [], []
-    try:
-        for k in range(episodes):
-            obs, _ = e.reset(seed=seed + k)
-            done = False
-            while not done:
-                obs, r, _, done, info = e.step(cacher(obs, e))
-                rew.append(r); lat.append(info["latency_s"]); late.append(info["late_rate"]); q.append(info["quality"])
-    finally:
-        e.allocator, e.user_choices = saved
-    users = e.num_users if num_users is None else num_users
-    return {"reward": float(np.mean(rew)), "reward_per_request": float(np.mean(rew)) / (e.S * users),
-            "latency_s": float(np.mean(lat)), "late_rate": float(np.mean(late)), "quality": float(np.mean(q)),
-            "frames": len(rew)}
-
-
-def evaluate_allocation(env, allocator: Callable, episodes: int = 3, seed: int = 100_000) -> dict[str, Any]:
-    """Mean slot reward of ``allocator`` on a `ResourceAllocation` env (its own cacher) over held-out episodes."""
-    rew, late = [], []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
-        done = False
-        while not done:
-            obs, r, _, done, info = env.step(allocator(obs, env))
-            rew.append(r); late.append(info["late_rate"])
-    return {"reward": float(np.mean(rew)), "late_rate": float(np.mean(late)), "slots": len(rew)}
-
-
-def register_caching_envs() -> None:
-    """Register "splitldm/ModelCaching-v0" and "splitldm/ResourceAllocation-v0" (idempotent)."""
-    for env_id, entry in (("splitldm/ModelCaching-v0", "splitldm.rl.envs.caching:ModelCaching"),
-                          ("splitldm/ResourceAllocation-v0", "splitldm.rl.envs.caching:ResourceAllocation")):
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry)
-
-
-register_caching_envs()
+def _lfu(obs, core: ModelCaching) -> int:
+    """`ResourceAllocation`'s default frame cacher: `ModelCaching.lfu_subset`."""
+    return core.lfu_subset()

@@ -366,15 +366,3 @@ class SeedPower(gym.Env):
                 "power": p, "gains": g.copy(), "mse": math.exp(-reward)}
         self._t += 1
         return self._obs(), reward, False, self._t >= self.seeds_per_episode, info
-
-
-def register_envs() -> None:
-    """Register "splitldm/MEGRates-v0", "splitldm/MEGRatesFlat-v0", "splitldm/SeedPower-v0" (idempotent)."""
-    for env_id, kwargs, entry in (("splitldm/MEGRates-v0", {}, "splitldm.rl.envs.meg:MEGRates"),
-                                  ("splitldm/MEGRatesFlat-v0", {"flat": True}, "splitldm.rl.envs.meg:MEGRates"),
-                                  ("splitldm/SeedPower-v0", {}, "splitldm.rl.envs.meg:SeedPower")):
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry, kwargs=kwargs)
-
-
-register_envs()

@@ -58,7 +58,7 @@ from splitldm.analysis.costs import ChannelParams, ModelFlops, model_flops, path
 from splitldm.eval.quality import QualityTable
 from splitldm.rl.envs.meg import default_quality_table
 
-__all__ = ["ChainPlacement", "greedy_channel_assignment", "PlacementState", "register_placement_env"]
+__all__ = ["ChainPlacement", "greedy_channel_assignment", "PlacementState"]
 
 
 def _pos(name: str, v, allow_zero: bool = False) -> float:
@@ -365,12 +365,3 @@ class ChainPlacement(gym.Env):
         out["infeasible_action"] = infeasible
         done = self.state.t >= self.num_users
         return self.observe(), r, done, False, self._info(**out)
-
-
-def register_placement_env() -> None:
-    """Register "splitldm/ChainPlacement-v0" (idempotent)."""
-    if "splitldm/ChainPlacement-v0" not in gym.registry:
-        gym.register(id="splitldm/ChainPlacement-v0", entry_point="splitldm.rl.envs.placement:ChainPlacement")
-
-
-register_placement_env()

@@ -1,4 +1,4 @@
-"""Oracles, fixed policies and the evaluation loop every controller is measured with.
+"""Oracles and fixed policies of `MEGRates` and `SeedPower` (measured with `splitldm.rl.evaluate.evaluate`).
 
 A policy here is any callable ``policy(obs, env) -> action``; controllers wrap themselves with
 ``lambda obs, env: agent.act(obs)``. Oracles read the environment's current state (they know the
@@ -15,7 +15,6 @@ SeedPower:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 from splitldm.rl.envs.meg import MEGRates, SeedPower
 
 __all__ = ["oracle_rates", "fixed_rates", "equal_power", "water_filling", "water_filling_power",
-           "oracle_power", "evaluate", "Policy"]
+           "oracle_power", "oracle_index", "Policy"]
 
 Policy = Callable[[np.ndarray, Any], Any]
 
@@ -116,40 +115,3 @@ def oracle_power(obs, env) -> np.ndarray:
     if f(p) > f(np.ones(M)):  # never worse than equal power
         p = np.ones(M)
     return (p / p.max()).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-def evaluate(env, policy: Policy, episodes: int = 10, seed: int = 10_000) -> dict[str, Any]:
-    """Run ``episodes`` episodes (seeds ``seed, seed+1, ...``) and summarise.
-
-    Returns mean reward per task, and for environments with costs: mean latency / energy, the
-    violation rate over all tasks and over tasks where some action was feasible (``violation_rate``,
-    the figure that matters: a deep fade that no action survives is no policy's fault), and
-    ``avoidable_rate``, the mean of ``info["constraint_cost"]`` (those violations plus deep-fade
-    excesses above the least-violating action's).
-    """
-    if not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes: expected an int >= 1, got {episodes!r}")
-    rewards, lat, en, viol, feas, avoid = [], [], [], [], [], []
-    for e in range(episodes):
-        obs, _ = env.reset(seed=seed + e)
-        done = False
-        while not done:
-            obs, r, term, trunc, info = env.step(policy(obs, env))
-            rewards.append(r)
-            if "violation" in info:
-                lat.append(info["cost"]["latency"])
-                en.append(info["cost"]["energy"])
-                viol.append(info["violation"]["latency"] or info["violation"]["energy"])
-                feas.append(info["feasible_exists"])
-                avoid.append(float(info.get("constraint_cost", 0.0)))
-            done = term or trunc
-    out: dict[str, Any] = {"reward": float(np.mean(rewards)), "tasks": len(rewards)}
-    if viol:
-        viol, feas = np.array(viol), np.array(feas)
-        out.update(latency_s=float(np.mean(lat)), energy_j=float(np.mean(en)),
-                   violation_rate_all=float(viol.mean()),
-                   violation_rate=float(viol[feas].mean()) if feas.any() else 0.0,
-                   infeasible_tasks=float(1 - feas.mean()), avoidable_rate=float(np.mean(avoid)))
-    return out

@@ -1,4 +1,4 @@
-"""Reference placements for `ChainPlacement` and the evaluation loop they and D3QL are measured with.
+"""Reference placements for `ChainPlacement` (measured, like D3QL, with `splitldm.rl.evaluate.evaluate_placement`).
 
 A policy is a callable ``policy(obs, env) -> action`` (as in `splitldm.rl.oracles.meg`); every policy
 here only picks actions the mask allows.
@@ -18,7 +18,7 @@ import numpy as np
 
 from splitldm.rl.envs.placement import ChainPlacement, PlacementState
 
-__all__ = ["monolithic", "fixed_chain", "greedy_placement", "exhaustive_optimum", "evaluate_placement"]
+__all__ = ["monolithic", "fixed_chain", "greedy_placement", "exhaustive_optimum"]
 
 
 def _unwrap(env) -> ChainPlacement:
@@ -93,40 +93,3 @@ def exhaustive_optimum(env, max_sequences: int = 2_000_000) -> tuple[float, list
         return best, seq
 
     return dfs(e.state.copy())
-
-
-def evaluate_placement(env, policy, episodes: int = 10, seed: int = 100_000, num_users: int | None = None
-                       ) -> dict[str, Any]:
-    """Run ``episodes`` episodes (seeds ``seed, seed+1, ...``) and summarise per request.
-
-    Returns mean ``reward`` per request, ``served_rate`` (within deadline and quality),
-    ``latency_violation_rate`` (requests not delivered within their deadline: late or rejected),
-    ``rejected_rate``, mean ``latency_s`` and ``steps`` of the delivered ones, ``mean_chain`` length,
-    and ``masked_choices`` (times the policy picked a masked action: must be 0).
-    """
-    if not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes: expected an int >= 1, got {episodes!r}")
-    e = _unwrap(env)
-    opts = None if num_users is None else {"num_users": int(num_users)}
-    rew, served, late, rej, lat, steps, chain, bad = [], [], [], [], [], [], [], 0
-    for k in range(episodes):
-        obs, info = e.reset(seed=seed + k, options=opts)
-        done = False
-        while not done:
-            a = policy(obs, e)
-            bad += int(not info["action_mask"][int(a)])
-            obs, r, done, _, info = e.step(a)
-            rew.append(r)
-            served.append(info["served"])
-            rej.append(info["rejected"])
-            late.append(info["rejected"] or info["late"])
-            if not info["rejected"]:
-                lat.append(info["latency_s"])
-                steps.append(info["steps"])
-                chain.append(len(info["chain"]))
-    return {"reward": float(np.mean(rew)), "served_rate": float(np.mean(served)),
-            "latency_violation_rate": float(np.mean(late)), "rejected_rate": float(np.mean(rej)),
-            "latency_s": float(np.mean(lat)) if lat else float("nan"),
-            "steps": float(np.mean(steps)) if steps else float("nan"),
-            "mean_chain": float(np.mean(chain)) if chain else float("nan"),
-            "requests": len(rew), "masked_choices": bad}
