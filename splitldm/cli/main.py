@@ -43,18 +43,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    from splitldm.pipeline.chain import UNetChain, format_cut_table
-    from splitldm.pipeline.models import SPECS, build_unet, load_pipeline
+def _profile_chain(name: str, height: int | None):
+    """(chain, latent side or None, default text length or None) for ``splitldm profile --model name``."""
+    from splitldm.pipeline.dit_chain import dit_chain
+    from splitldm.pipeline.dit_specs import get_dit_spec, is_dit_name
+    from splitldm.pipeline.models import SPECS, build_unet, get_spec, load_pipeline
+    from splitldm.pipeline.chain import UNetChain
 
-    name = args.model
+    if is_dit_name(name) and not Path(name).exists():
+        spec = get_dit_spec(name)
+        scale = spec.vae_scale_factor
+        return dit_chain(spec.build_transformer("meta")), (height // scale if height else None), spec.text_length
     if name.removesuffix("-random") in SPECS and not Path(name).exists():
-        unet = build_unet(name, device="meta")
-    else:
-        unet = load_pipeline(name).unet
-    latent = args.height // 8 if args.height else None
-    rows = UNetChain(unet).cut_table(batch_size=args.batch_size, height=latent, width=latent,
-                                     text_length=args.text_length, cfg=args.cfg)
+        scale = get_spec(name).vae_scale_factor
+        return UNetChain(build_unet(name, device="meta")), (height // scale if height else None), None
+    pipe = load_pipeline(name)
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    latent = height // scale if height else None
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        return dit_chain(transformer), latent, None
+    return UNetChain(pipe.unet), latent, None
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from splitldm.pipeline.chain import format_cut_table
+
+    if args.height is not None and (args.height < 16 or args.height % 16):
+        raise ValueError(f"--height: expected a positive multiple of 16 pixels, got {args.height}")
+    chain, latent, text_length = _profile_chain(args.model, args.height)
+    rows = chain.cut_table(batch_size=args.batch_size, height=latent, width=latent,
+                           text_length=args.text_length or text_length or 77, cfg=args.cfg)
     if args.json:
         print(json.dumps([asdict(r) for r in rows]))
     else:
@@ -79,11 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="out/generate.png")
     g.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("profile", help="cut table of a UNet: bytes, parameters and FLOPs per cut")
-    p.add_argument("--model", default="sd15", help="tiny, sd15, sd21, sdxl, or a local pipeline folder")
+    p = sub.add_parser("profile", help="cut table of a denoiser (UNet stages or DiT blocks): bytes, parameters "
+                                       "and FLOPs per cut, counted without weights")
+    p.add_argument("--model", default="sd15", help="sd15, sd21, sdxl, sd3, sd35-large, pixart, pixart-sigma, flux, "
+                                                   "flux-schnell, tiny, micro, or a local pipeline folder")
     p.add_argument("--height", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--text-length", type=int, default=77)
+    p.add_argument("--text-length", type=int, default=None,
+                   help="text tokens (default: the model's: 77 CLIP; SD3 333, PixArt 120, Flux 512)")
     p.add_argument("--cfg", action="store_true", help="count the doubled classifier-free-guidance batch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
