@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
-from splitldm.link.channels import (AWGN, CSI_MODES, RayleighBlockFading, RayleighFastFading, complex_to_real,
-                               normalize_power, real_to_complex, resolve_snr_db)
-from splitldm.link.stack import Link
+from splitldm.analysis.limits import CHANNELS, lmmse_weight
+from splitldm.link.channels import (AWGN, CSI_MODES, SNR_DB_RANGE, ChannelState, MixedBlockChannel, RayleighBlockFading,
+                                    RayleighFastFading, check_snr_db, complex_to_real, make_channel, normalize_power,
+                                    real_to_complex, resolve_snr_db)
+from splitldm.link.stack import Link, LinkContext
 from splitldm.link.payload import Payload
 
 N_SYM = 1 << 20  # noise-power estimate has relative std 1/sqrt(N) = 0.1 % = 0.004 dB; tolerance is 0.05 dB
@@ -210,9 +212,12 @@ def test_link_context_publishes_snr_and_gains():
     assert ctx["snr_db"].tolist() == [0.0, 20.0] and ctx["h"].shape == (2, 1)
     assert ctx["eq_gain"]["symbols"].shape == (2, 8) and ctx["eq_noise_var"]["symbols"].shape == (2, 8)
     assert torch.equal(out.tensors["side"], side)  # real side information crosses untouched
-    ctx = {}
+    ctx = LinkContext()  # a stage called directly takes the typed context (a dict: TypeError, below)
     RayleighBlockFading(5.0).prepare(p, ctx, gen(0))
     assert ctx["h"].shape == (2, 1)  # known before sending: usable by a CSI-aware transmitter
+    assert ctx.h.shape == (2, 1) and ctx.snr_db.tolist() == [5.0, 5.0] and ctx.n0.shape == (2,)
+    with pytest.raises(TypeError, match="context.*LinkContext"):
+        RayleighBlockFading(5.0).prepare(p, {}, gen(0))
     ctx = {}
     Link([RayleighFastFading(5.0)])(p, generator=gen(20), context=ctx)
     assert ctx["h"].shape == (2, 8)
@@ -281,3 +286,77 @@ def test_bad_inputs():
         Link([AWGN(10.0)])(Payload({"side": torch.zeros(2)}), generator=gen(0))
     with pytest.raises(ValueError, match="snr_db"):
         Link([AWGN()])(Payload({"x": torch.zeros(2, 4)}, primary=("x",)), generator=gen(0))
+
+
+# ------------------------------------------------------------------ one factory, one list, one SNR rule
+def test_make_channel_is_the_one_factory():
+    assert CHANNELS == ("awgn", "rayleigh")
+    awgn = make_channel("awgn")
+    assert type(awgn) is AWGN and awgn.csi == "mmse" and awgn.snr_db is None
+    ray = make_channel("rayleigh", snr_db=5.0, csi="zf", coherence_symbols=4, seed=3)
+    assert type(ray) is RayleighBlockFading and ray.snr_db == 5.0 and ray.csi == "zf"
+    assert ray.coherence_symbols == 4 and ray.seed == 3
+    assert type(make_channel(["rayleigh"])) is RayleighBlockFading and type(make_channel(("awgn",))) is AWGN
+    mixed = make_channel(["awgn", "rayleigh"], csi="none", p_rayleigh=0.25)
+    assert type(mixed) is MixedBlockChannel and mixed.p_rayleigh == 0.25 and mixed.csi == "none"
+    for bad in ("optical", [], ["awgn", "fast"], 3):
+        with pytest.raises(ValueError, match="kind"):
+            make_channel(bad)
+    with pytest.raises(ValueError, match="snr_db"):
+        make_channel("awgn", snr_db=99.0)
+    with pytest.raises(ValueError, match="p_rayleigh"):
+        MixedBlockChannel(p_rayleigh=1.5)
+
+
+def test_mixed_block_channel_fades_about_half_the_samples():
+    h = MixedBlockChannel().draw_gains(2000, 8, gen(40))
+    assert h.shape == (2000, 1)
+    assert 0.45 < float((h == 1).float().mean()) < 0.55
+
+
+def test_check_snr_db_is_the_range_rule_of_resolve_snr_db():
+    lo, hi = SNR_DB_RANGE
+    assert check_snr_db(lo) == lo and check_snr_db(hi) == hi and check_snr_db(7) == 7.0
+    assert check_snr_db(torch.tensor(3.0)) == 3.0
+    for bad in (lo - 0.1, hi + 0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="snr_point"):
+            check_snr_db(bad, "snr_point")
+        with pytest.raises(ValueError, match="snr_db"):
+            resolve_snr_db(bad, 1)
+    with pytest.raises(TypeError, match="snr_db"):
+        check_snr_db(True)
+    with pytest.raises(TypeError, match="snr_db"):
+        check_snr_db("5")
+
+
+def test_mmse_equaliser_is_the_lmmse_weight():
+    h = torch.randn(3, 1, dtype=torch.complex64, generator=gen(41))
+    n0 = torch.tensor([0.1, 1.0, 3.0])
+    like = torch.zeros(3, 5, dtype=torch.complex64)
+    g, a, v = RayleighBlockFading(csi="mmse").equalizer(ChannelState(torch.zeros(3), n0, h), like)
+    assert torch.equal(g, lmmse_weight(h, n0[:, None]))
+    torch.testing.assert_close(g, h.conj() / (h.abs().square() + n0[:, None]))
+    g, a, v = AWGN(csi="mmse").equalizer(ChannelState(torch.zeros(3), n0, None), like)
+    torch.testing.assert_close(g, (1 / (1 + n0[:, None])).to(torch.complex64))
+
+
+def test_analog_mode_is_analog_link_with_counted_side_information():
+    x = torch.randn(2, 4, 4, 4, generator=gen(42))
+    p = Payload({"latents": x}, primary=("latents",))
+    ctx = LinkContext()
+    ch = AWGN(20.0, csi="mmse")
+    ch.prepare(p, ctx, gen(43))
+    sent = ch.send(p, ctx, gen(43))
+    # AnalogLink's format: unit-power symbols + (mean, std) as 2 float32 per sample, in the payload
+    assert sent.tensors["latents"].shape == (2, 32) and sent.tensors["latents"].dtype == torch.complex64
+    assert sent.tensors["latents.stats"].shape == (2, 2) and "analog_lmmse" in sent.meta
+    assert sent.tensor_bits() == 2 * 2 * 32
+    out = ch.receive(sent, ctx, gen(43))
+    assert set(out.tensors) == {"latents"} and out.meta == {} and ctx.extra == {}
+    assert ((out.tensors["latents"] - x).square().mean() / x.var()).item() < 0.05
+    # an explicit AnalogLink before the channel gives the same bits (same generator)
+    from splitldm.link.analog import AnalogLink
+
+    a = Link([ch])(p, generator=gen(44)).tensors["latents"]
+    b = Link([AnalogLink(), ch])(p, generator=gen(44)).tensors["latents"]
+    assert torch.equal(a, b)

@@ -10,7 +10,17 @@ the curves are a reference, not a ceiling.
   ``D_i = min(theta, lambda_i)`` with ``sum_{lambda_i > theta} 0.5 log2(lambda_i/theta) = R``.
 * `rayleigh_ergodic_capacity`: ``log2(e) e^(1/SNR) E1(1/SNR)`` bits per use (receiver CSI).
 * `opta_mse`: either channel, via ``D = sigma^2 2^(-2 rho C)``.
-* `separation_bits`: ideal digital separation carries ``k C`` bits in ``k`` channel uses.
+* `separation_bits`: ideal digital separation carries ``k C`` bits in ``k`` channel uses;
+  `separation_bits_per_value` spreads them over the source values; `shannon_limit_snr_db` inverts
+  the AWGN capacity (the least SNR at which a spectral efficiency is achievable).
+* `lmmse_weight` / `lmmse_estimate` / `lmmse_mse`: the linear MMSE estimate of a symbol seen as ``y = a z + CN(0, v)``
+  and the closed-form MSE of uncoded (analog) transmission, ``sigma^2 / (1 + SNR)`` (= the OPTA at
+  ``rho = 1/2``). The channels' MMSE equaliser and `AnalogLink`'s receiver both use `lmmse_weight`.
+
+This module is the one home of these formulas: the link stages, the evaluation sweeps, the cost models
+and the RL environments call it. `CHANNELS` is the one list of channel names (``"awgn"``; ``"rayleigh"``:
+Rayleigh fading with receiver CSI, block fading in the simulator, ergodic capacity here), shared by
+`splitldm.link.channels.make_channel` and the sweeps.
 * `latent_covariance`: the spectrum of latents measured from a batch (per channel or full).
 """
 
@@ -33,11 +43,19 @@ __all__ = [
     "reverse_water_filling",
     "WaterFilling",
     "separation_bits",
+    "separation_bits_per_value",
+    "shannon_limit_snr_db",
+    "lmmse_weight",
+    "lmmse_estimate",
+    "lmmse_mse",
+    "CHANNELS",
     "latent_covariance",
     "LatentCovariance",
 ]
 
 ArrayLike = Union[float, Sequence[float], np.ndarray, torch.Tensor]
+#: The channel names of the library (capacity formulas here; `splitldm.link.channels.make_channel`;
+#: the evaluation sweeps and training recipes).
 CHANNELS = ("awgn", "rayleigh")
 
 
@@ -183,6 +201,69 @@ def separation_bits(channel_uses: float, snr_db: ArrayLike, channel: str = "awgn
     """Bits an ideal (capacity-achieving) digital link carries in ``channel_uses`` uses: ``k C(SNR)``."""
     k = _check_positive("channel_uses", channel_uses, allow_zero=True)
     return _out(k * np.asarray(capacity(snr_db, channel)))
+
+
+def separation_bits_per_value(channel_uses: float, n_values: int, snr_db: float, channel: str = "awgn",
+                              max_bits: int = 16) -> int:
+    """Whole bits per source value an ideal digital link carries: ``floor(k C / n)``, at most ``max_bits``.
+
+    ``channel_uses`` ``k`` complex uses for ``n_values`` real values at ``snr_db`` over ``channel``
+    (`capacity`; ``"rayleigh"``: the ergodic capacity, an optimistic reference for one fade per image).
+    """
+    if isinstance(n_values, bool) or not isinstance(n_values, (int, np.integer)) or n_values < 1:
+        raise ValueError(f"n_values: expected an int >= 1, got {n_values!r}")
+    bits = float(separation_bits(channel_uses, float(snr_db), channel))
+    return int(min(max_bits, math.floor(bits / n_values + 1e-9)))
+
+
+def shannon_limit_snr_db(bits_per_use: ArrayLike):
+    """The least SNR (dB) at which ``bits_per_use`` bits per complex use are achievable over AWGN:
+    ``10 log10(2^R - 1)`` (the inverse of `awgn_capacity`; ``-inf`` for ``R = 0``)."""
+    if np.ndim(bits_per_use) == 0 and not isinstance(bits_per_use, torch.Tensor):
+        r = _check_positive("bits_per_use", bits_per_use, allow_zero=True)
+        x = 2 ** r - 1
+        return 10 * math.log10(x) if x > 0 else -math.inf
+    r = np.asarray(bits_per_use.detach().cpu() if isinstance(bits_per_use, torch.Tensor) else bits_per_use,
+                   dtype=np.float64)
+    if not np.all(np.isfinite(r)) or np.any(r < 0):
+        raise ValueError("bits_per_use: expected finite non-negative values")
+    with np.errstate(divide="ignore"):
+        return _out(10 * np.log10(np.power(2.0, r) - 1))
+
+
+def lmmse_weight(gain: torch.Tensor, noise_var: torch.Tensor | float) -> torch.Tensor:
+    """Linear MMSE weight for a unit-power symbol ``z`` seen as ``y = a z + w``, ``w ~ CN(0, v)``:
+    ``conj(a) / (|a|^2 + v)``, so ``z_hat = weight * y``.
+
+    Args:
+        gain: ``a``, a complex (or real) tensor broadcastable against ``noise_var``.
+        noise_var: ``v``, real, ``>= 0`` (a tensor or a number).
+    Returns:
+        The weight, broadcast shape, ``gain``'s dtype (complex for complex gains). Used by the MMSE
+        equaliser of `splitldm.link.channels.Channel` (``a = h``, ``v = N0``) and by `AnalogLink`'s
+        receiver (``a``, ``v`` from the channel's published model).
+    """
+    if not isinstance(gain, torch.Tensor):
+        raise TypeError(f"gain: expected a Tensor, got {type(gain).__name__}")
+    return gain.conj() / (gain.abs().square() + noise_var)
+
+
+def lmmse_estimate(y: torch.Tensor, gain: torch.Tensor, noise_var: torch.Tensor | float) -> torch.Tensor:
+    """LMMSE estimate of unit-power symbols ``z`` from ``y = a z + CN(0, v)``: ``conj(a) y / (|a|^2 + v)``
+    (`lmmse_weight` applied to ``y``; all arguments broadcast, the result has ``y``'s shape)."""
+    if not isinstance(y, torch.Tensor) or not isinstance(gain, torch.Tensor):
+        raise TypeError("y, gain: expected Tensors")
+    return gain.conj() * y / (gain.abs().square() + noise_var)
+
+
+def lmmse_mse(variance: ArrayLike, snr_db: ArrayLike):
+    """Closed-form MSE per real value of uncoded transmission with an LMMSE receiver over AWGN,
+    ``variance / (1 + SNR)`` (``rho = 1/2`` complex use per real value; equal to the Gaussian OPTA at
+    ``rho = 1/2``). Float or array like the inputs."""
+    v = np.asarray(variance.detach().cpu() if isinstance(variance, torch.Tensor) else variance, dtype=np.float64)
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise ValueError(f"variance: expected finite non-negative values, got {variance!r}")
+    return _out(v / (1.0 + _snr_linear(snr_db)))
 
 
 @dataclass

@@ -1,36 +1,48 @@
 """`AnalogLink`: uncoded analog transmission of the latent, the reference every learned codec must beat.
 
-Each sample is standardised (its mean and standard deviation cross as 2 float32 of side information),
-paired into complex symbols at unit average power (``rho = 1/2`` complex use per real value) and
-estimated with linear MMSE at the receiver. Over AWGN its MSE per real value is ``var / (1 + SNR)``, the
-Gaussian OPTA at ``rho = 1/2``.
+The library's one analog scheme (a `Channel` given real tensors uses it too). Each sample is
+standardised (its mean and standard deviation cross in the payload as 2 float32 of side information,
+so their bits are counted), paired into complex symbols at unit average power (``rho = 1/2`` complex
+use per real value) and estimated with linear MMSE at the receiver
+(`splitldm.analysis.limits.lmmse_estimate`). Over AWGN its MSE per real value is ``var / (1 + SNR)``
+(`splitldm.analysis.limits.lmmse_mse`), the Gaussian OPTA at ``rho = 1/2``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from splitldm.link.channels import complex_to_real, equalized_model, real_to_complex
+from splitldm.analysis import limits
 from splitldm.link.payload import Payload, primary_real_names
-from splitldm.link.stack import LinkStage
+from splitldm.link.stack import LinkContext, LinkStage
+from splitldm.link.symbols import complex_to_real, real_to_complex
 
 __all__ = ["AnalogLink"]
 
+_META_KEY = "analog_lmmse"
+
 
 class AnalogLink(LinkStage):
-    """Uncoded analog transmission of the primary tensors with an LMMSE receiver.
+    """Uncoded analog transmission of the primary tensors with an LMMSE receiver. Place it before a channel.
 
-    ``send``: each primary real tensor ``(B, *S)`` becomes ``(B, ceil(n/2))`` complex64 symbols of unit
-    average power (``n = prod(S)``; an odd ``n`` is padded with one zero); ``<name>.stats`` ``(B, 2)``
-    float32 (mean, std) crosses as side information. ``receive``: with the channel's published model
-    ``z_hat = a z + CN(0, v)`` (``context["eq_gain"]``/``["eq_noise_var"]``, see `Channel.receive`), the
-    LMMSE estimate ``conj(a) z_hat / (|a|^2 + v)`` per symbol, de-standardised.
+    :input: each real floating primary tensor ``x`` ``(B, *S)``, ``n = prod(S)`` values per sample.
+    :output: ``send``: ``x`` becomes ``(B, ceil(n/2))`` complex64 symbols of unit average power (an odd
+        ``n`` is padded with one zero) and ``"<name>.stats"`` ``(B, 2)`` float32 (mean, std) is added as
+        side information; ``payload.meta["analog_lmmse"]`` records shape, dtype and padding.
+        ``receive``: ``x_hat`` ``(B, *S)`` in ``x``'s dtype; the stats and the record are removed.
+    :context: ``receive`` reads the channel's model ``z_hat = a z + CN(0, v)`` of each tensor
+        (`LinkContext.channel_model`: ``eq_gain`` / ``eq_noise_var``, else ``n0``) and estimates
+        ``z = lmmse_estimate(z_hat, a, v)`` per symbol. Writes nothing.
+
+    Example::
+
+        link = Link([AnalogLink(), AWGN(snr_db=10.0, csi="mmse")])
+        out = link(payload, generator=torch.Generator().manual_seed(0))
     """
 
-    def send(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def send(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         tensors, meta = dict(payload.tensors), dict(payload.meta)
         info = {}
         for name in primary_real_names(payload, "AnalogLink"):
@@ -46,16 +58,17 @@ class AnalogLink(LinkStage):
             tensors[name] = z.to(torch.complex64)
             tensors[f"{name}.stats"] = torch.cat([mean, std], dim=1).detach()
             info[name] = {"shape": list(x.shape[1:]), "dtype": str(x.dtype).removeprefix("torch."), "pad": pad}
-        meta["analog_lmmse"] = {**meta.get("analog_lmmse", {}), **info}
+        meta[_META_KEY] = {**meta.get(_META_KEY, {}), **info}
         return payload.replace(tensors=tensors, meta=meta)
 
-    def receive(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         tensors, meta = dict(payload.tensors), dict(payload.meta)
-        info = meta.pop("analog_lmmse", {})
+        info = meta.pop(_META_KEY, {})
+        context = LinkContext.coerce(context)
         for name, spec in info.items():
             z_hat = tensors[name]
-            a, v = equalized_model(context, name, z_hat)
-            z_est = a.conj() * z_hat / (a.abs().square() + v)
+            a, v = context.channel_model(name, z_hat)
+            z_est = limits.lmmse_estimate(z_hat, a, v)
             u = complex_to_real(z_est) * math.sqrt(2.0)
             if spec["pad"]:
                 u = u[:, :-1]
@@ -66,6 +79,6 @@ class AnalogLink(LinkStage):
 
     @staticmethod
     def lmmse_mse(variance: torch.Tensor | float, snr_db: torch.Tensor | float) -> torch.Tensor:
-        """Closed-form MSE per real value over AWGN: ``variance / (1 + SNR)`` (``rho = 1/2``)."""
-        snr = 10 ** (torch.as_tensor(snr_db, dtype=torch.float64) / 10)
-        return torch.as_tensor(variance, dtype=torch.float64) / (1 + snr)
+        """Closed-form MSE per real value over AWGN, ``variance / (1 + SNR)`` (float64 tensor):
+        `splitldm.analysis.limits.lmmse_mse`."""
+        return torch.as_tensor(limits.lmmse_mse(variance, snr_db), dtype=torch.float64)

@@ -16,8 +16,10 @@ Conventions (see docs/sections/channels.md):
   differentiable with respect to the input symbols.
 
 Each channel is both a plain `nn.Module` (``channel(z, snr_db=..., generator=g) -> z_hat``) and a
-`LinkStage` (``prepare`` publishes ``context["snr_db"]`` (B,) and, where known before sending, the
-fading gains ``context["h"]``; ``send`` corrupts the payload's complex tensors; ``receive`` equalises).
+`LinkStage` (``prepare`` publishes ``context.snr_db`` (B,) and, where known before sending, the
+fading gains ``context.h``; ``send`` corrupts the payload's complex tensors; ``receive`` equalises).
+`make_channel` builds one by name (`CHANNELS`); `resolve_snr_db` / `check_snr_db` are the one SNR
+parser and `SNR_DB_RANGE` its one range rule.
 
 Sionna: noise and Rayleigh gains are drawn with ``sionna.phy.utils.complex_normal``, the function
 Sionna's own ``AWGN`` block uses, because it takes an explicit ``torch.Generator``. The ``AWGN`` and
@@ -35,17 +37,24 @@ from typing import Any, Sequence, Union
 
 import torch
 
-from splitldm.link.stack import LinkStage
+from splitldm.analysis.limits import CHANNELS, lmmse_weight
+from splitldm.link.analog import AnalogLink
 from splitldm.link.payload import Payload
+from splitldm.link.stack import LinkContext, LinkStage
+from splitldm.link.symbols import complex_normal, complex_to_real, normalize_power, real_to_complex
 
 __all__ = [
     "SNR_DB_RANGE",
     "CSI_MODES",
+    "CHANNELS",
     "ChannelState",
     "Channel",
     "AWGN",
     "RayleighBlockFading",
     "RayleighFastFading",
+    "MixedBlockChannel",
+    "make_channel",
+    "check_snr_db",
     "real_to_complex",
     "complex_to_real",
     "normalize_power",
@@ -60,93 +69,27 @@ SNR_DB_RANGE = (-20.0, 40.0)
 CSI_MODES = ("none", "phase", "zf", "mmse")
 
 SnrSpec = Union[float, int, torch.Tensor, Sequence[float]]
+#: `LinkContext.extra` key: set while a channel sends real tensors with `AnalogLink` (its analog mode).
+_ANALOG_KEY = "channel.analog"
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _sionna_complex_normal():
-    # Sionna takes ~4 s to import (it loads all of sionna.phy); import it on first use only, so that
-    # `import splitldm` stays fast.
-    from sionna.phy.utils import complex_normal as _cn
-
-    return _cn
-
-
-def complex_normal(shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype = torch.complex64,
-                   device: torch.device | str | None = None) -> torch.Tensor:
-    """``CN(0, 1)`` samples of ``shape`` (variance 1/2 per real part), drawn from ``generator``.
-
-    Drawn on the generator's device with Sionna's ``complex_normal`` (so CPU generators give the same
-    bits whatever device the data is on), then moved to ``device``. No gradient.
-    """
-    if dtype not in (torch.complex64, torch.complex128):
-        raise TypeError(f"dtype: expected torch.complex64 or torch.complex128, got {dtype}")
-    precision = "single" if dtype == torch.complex64 else "double"
-    with torch.no_grad():
-        z = _sionna_complex_normal()(list(shape), var=1.0, precision=precision, device=generator.device,
-                                     generator=generator)
-    return z.to(device=device if device is not None else generator.device)
-
-
-def real_to_complex(x: torch.Tensor) -> torch.Tensor:
-    """Pair real values into complex symbols within each sample.
-
-    Args:
-        x: real tensor ``(B, *S)`` with an even number ``2n = prod(S)`` of values per sample.
-    Returns:
-        ``(B, n)`` complex tensor (``complex64``, or ``complex128`` for float64 input); symbol ``i`` of
-        sample ``b`` is ``x[b].flatten()[2i] + 1j * x[b].flatten()[2i+1]``.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
-    if x.is_complex() or not x.is_floating_point():
-        raise TypeError(f"x: expected a real floating-point tensor, got {x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"x: expected shape (B, ...) with at least 2 dims, got {tuple(x.shape)}")
-    per_sample = x[0].numel()
-    if per_sample % 2:
-        raise ValueError(f"x: {per_sample} values per sample is odd; real values are paired into complex "
-                         "symbols within one sample, so each sample needs an even count (pad it)")
-    flat = x.reshape(x.shape[0], per_sample // 2, 2)
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.float()
-    return torch.complex(flat[..., 0], flat[..., 1])
-
-
-def complex_to_real(z: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
-    """Inverse of `real_to_complex`: ``(B, n)`` complex -> ``(B, 2n)`` real, or ``(B, *shape)``."""
-    if not isinstance(z, torch.Tensor) or not z.is_complex():
-        raise TypeError(f"z: expected a complex tensor, got {getattr(z, 'dtype', type(z).__name__)}")
-    if z.dim() < 1:
-        raise ValueError("z: expected shape (B, ...)")
-    real = torch.view_as_real(z.reshape(z.shape[0], -1)).reshape(z.shape[0], -1)
-    if shape is None:
-        return real
-    shape = tuple(int(s) for s in shape)
-    if math.prod(shape) != real.shape[1]:
-        raise ValueError(f"shape: {shape} holds {math.prod(shape)} values per sample, but z carries {real.shape[1]}")
-    return real.reshape(z.shape[0], *shape)
-
-
-def normalize_power(z: torch.Tensor, power: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
-    """Scale each sample of complex ``z`` ``(B, ...)`` to average symbol power ``power`` (``mean |z|^2``).
-
-    Differentiable. An all-zero sample stays zero (its power is floored at ``eps``).
-    """
-    if not isinstance(z, torch.Tensor) or not z.is_complex():
-        raise TypeError(f"z: expected a complex tensor (pair real values with real_to_complex first), "
-                        f"got {getattr(z, 'dtype', type(z).__name__)}")
-    if z.dim() < 1 or z.shape[0] == 0:
-        raise ValueError(f"z: expected shape (B, ...) with B >= 1, got {tuple(z.shape)}")
-    if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
-        raise ValueError(f"power: expected a finite positive number, got {power!r}")
-    dims = tuple(range(1, z.dim()))
-    p = z.abs().square().mean(dim=dims, keepdim=True) if dims else z.abs().square()
-    return z * torch.sqrt(power / p.clamp_min(eps)).to(z.real.dtype)
-
-
 def snr_db_to_n0(snr_db: torch.Tensor) -> torch.Tensor:
     """Noise power per complex symbol ``N0 = 10^(-snr_db/10)`` (unit signal power)."""
     return torch.pow(10.0, -snr_db / 10.0)
+
+
+def check_snr_db(snr_db: float, name: str = "snr_db") -> float:
+    """One SNR point in dB as a float, validated by the rule of `resolve_snr_db`: a real number (not a
+    bool), finite, inside `SNR_DB_RANGE`. Errors name ``name`` (the caller's argument)."""
+    if isinstance(snr_db, bool) or not isinstance(snr_db, (int, float)) and not (
+            isinstance(snr_db, torch.Tensor) and snr_db.dim() == 0):
+        raise TypeError(f"{name}: expected a number (dB), got {type(snr_db).__name__}")
+    value = float(snr_db)
+    lo, hi = SNR_DB_RANGE
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{name}: must be a finite SNR in [{lo}, {hi}] dB, got {value}")
+    return value
 
 
 def resolve_snr_db(snr_db: SnrSpec, batch: int, generator: torch.Generator | None = None,
@@ -223,7 +166,7 @@ class Channel(LinkStage):
     Args:
         snr_db: default SNR in dB per sample: a number, a ``(B,)`` tensor, a ``(low, high)`` range
             (uniform per sample), or ``None`` (then it must be given per call, or as
-            ``context["snr_db"]`` when used in a `Link`).
+            ``context.snr_db`` when used in a `Link`).
         csi: receiver channel knowledge, one of `CSI_MODES`.
         zf_min_gain: for ``csi="zf"``, ``|h|`` is floored at this value (a deep fade is amplified at
             most by ``1/zf_min_gain``), in linear amplitude.
@@ -293,7 +236,7 @@ class Channel(LinkStage):
             return one, one, n0
         if h is None:  # AWGN: h = 1
             if self.csi == "mmse":
-                g = (1.0 / (1.0 + n0)).to(like.dtype)
+                g = lmmse_weight(torch.ones((), dtype=n0.dtype, device=n0.device), n0).to(like.dtype)
                 return g, g, n0 / (1.0 + n0) ** 2
             return one, one, n0
         p = h.abs().square()
@@ -303,7 +246,7 @@ class Channel(LinkStage):
         if self.csi == "zf":
             g = h.conj() / p.clamp_min(self.zf_min_gain ** 2)
         else:  # mmse
-            g = h.conj() / (p + n0)
+            g = lmmse_weight(h, n0)
         return g, g * h, g.abs().square() * n0
 
     def equalize(self, y: torch.Tensor, state: ChannelState) -> torch.Tensor:
@@ -342,70 +285,74 @@ class Channel(LinkStage):
         return {"channel": self.fading, "snr_db": snr, "csi": self.csi}
 
     # ------------------------------------------------------------------ Link stage
-    def prepare(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> None:
-        """Publish ``context["snr_db"]`` (B,) dB and ``context["n0"]`` (B,); fading stages also ``context["h"]``
+    def prepare(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> None:
+        """Publish ``context.snr_db`` (B,) dB and ``context.n0`` (B,); fading stages also ``context.h``
         when the gains are known before sending (one gain per sample)."""
+        LinkContext.require(context, f"{type(self).__name__}.prepare")
         batch, device = _payload_batch(payload)
-        spec = self.snr_db if self.snr_db is not None else context.get("snr_db")
+        spec = self.snr_db if self.snr_db is not None else context.snr_db
         if spec is None:
-            raise ValueError("snr_db: the channel has no SNR and context['snr_db'] is not set")
+            raise ValueError("snr_db: the channel has no SNR and context.snr_db is not set")
         snr = resolve_snr_db(spec, batch, generator, device)
-        context["snr_db"] = snr
-        context["n0"] = snr_db_to_n0(snr)
-        context.pop("h", None)
-        h = self._gains_before_send(batch, generator, device)
-        if h is not None:
-            context["h"] = h
+        context.snr_db = snr
+        context.n0 = snr_db_to_n0(snr)
+        context.h = self._gains_before_send(batch, generator, device)
 
     def _gains_before_send(self, batch, generator, device):
         return None
 
-    def send(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def send(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         """Corrupt every complex tensor of the payload (the symbols of one sample form one block).
 
-        If the payload holds no complex tensor, the real primary tensors are sent analog: paired into
-        symbols, power-normalised per sample (the scale crosses as ``<name>.analog_scale`` (B,) float32
-        side information), and restored by `receive`.
+        :input: complex tensors ``(m B, ...)`` (``m >= 1`` rows per sample, see `_payload_batch`),
+            unit average power per sample; real tensors are side information and cross untouched.
+        :output: the same tensors with ``y = h z + n`` (same shapes, dtypes).
+        :context: reads ``snr_db``, ``n0``, ``h`` (runs `prepare` if no ``n0`` is set); writes ``h``
+            (when drawn per symbol) and ``channel_layout``.
+
+        If the payload holds no complex tensor, its real primary tensors are sent with `AnalogLink`
+        (standardised per sample, the mean and std crossing as 2 float32 of side information) and its
+        LMMSE receiver runs in `receive`: the library's one analog scheme.
         """
-        if "snr_db" not in context:
+        LinkContext.require(context, f"{type(self).__name__}.send")
+        if context.n0 is None:
             self.prepare(payload, context, generator)
+        context.extra.pop(_ANALOG_KEY, None)
+        if not any(v.is_complex() for v in payload.tensors.values()):
+            if not payload.primary:
+                raise ValueError("payload: no complex symbols and no primary tensors to send over the channel")
+            payload = AnalogLink().send(payload, context, generator)
+            context.extra[_ANALOG_KEY] = True
         tensors = dict(payload.tensors)
         meta = dict(payload.meta)
         names = [k for k, v in tensors.items() if v.is_complex()]
-        if not names:
-            if not payload.primary:
-                raise ValueError("payload: no complex symbols and no primary tensors to send over the channel")
-            analog = {}
-            for name in payload.primary:
-                x = tensors[name]
-                z = real_to_complex(x)
-                scale = torch.sqrt(z.abs().square().mean(dim=1)).clamp_min(1e-12)
-                tensors[name] = (z / scale[:, None].to(z.real.dtype)).to(torch.complex64)
-                tensors[f"{name}.analog_scale"] = scale.detach().float()
-                analog[name] = {"shape": list(x.shape[1:]), "dtype": str(x.dtype).removeprefix("torch.")}
-                names.append(name)
-            meta["analog"] = {**meta.get("analog", {}), **analog}
         batch = _common_batch([tensors[k].shape[0] for k in names], names)
         flats = [_per_sample(tensors[k], batch) for k in names]
         sizes = [f.shape[1] for f in flats]
         stream = torch.cat(flats, dim=1) if len(flats) > 1 else flats[0]
-        h = context.get("h")
+        h = context.h
         if h is None or h.shape[1] not in (1, stream.shape[1]):
             h = self.draw_gains(stream.shape[0], stream.shape[1], generator, stream.dtype, stream.device)
             if h is not None:
-                context["h"] = h
-        state = ChannelState(context["snr_db"], context["n0"], h)
+                context.h = h
+        state = ChannelState(context.snr_db, context.n0, h)
         y = self.apply(stream, state, generator) if stream.shape[1] else stream  # e.g. a 0-bit digital scheme
         for k, part in zip(names, torch.split(y, sizes, dim=1)):
             tensors[k] = _from_per_sample(part, tensors[k].shape, batch)
-        context["channel_layout"] = list(zip(names, sizes))
+        context.channel_layout = list(zip(names, sizes))
         return payload.replace(tensors=tensors, meta=meta)
 
-    def receive(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
-        """Equalise (per ``csi``) and publish the receiver's model per symbol tensor:
-        ``context["eq_gain"][name]`` (``a``) and ``context["eq_noise_var"][name]`` (``v``), with
-        ``z_hat ~= a z + CN(0, v)``; undo the analog mode of `send`."""
-        layout = context.get("channel_layout")
+    def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
+        """Equalise (per ``csi``) and publish the receiver's model per symbol tensor.
+
+        :input: the tensors `send` corrupted (``context.channel_layout``).
+        :output: equalised symbols ``z_hat = g y`` (same shapes, dtypes); with `send`'s analog mode, the
+            real tensors `AnalogLink` restores.
+        :context: reads ``snr_db``, ``n0``, ``h``, ``channel_layout``; writes ``eq_gain[name]`` (``a``) and
+            ``eq_noise_var[name]`` (``v``) with ``z_hat ~= a z + CN(0, v)``.
+        """
+        LinkContext.require(context, f"{type(self).__name__}.receive")
+        layout = context.channel_layout
         if layout is None:
             raise ValueError("context: no channel_layout; receive() must follow send() in the same context")
         tensors = dict(payload.tensors)
@@ -413,10 +360,10 @@ class Channel(LinkStage):
         batch = _common_batch([tensors[k].shape[0] for k in names], names)
         flats = [_per_sample(tensors[k], batch) for k in names]
         stream = torch.cat(flats, dim=1) if len(flats) > 1 else flats[0]
-        state = ChannelState(context["snr_db"], context["n0"], context.get("h"))
+        state = ChannelState(context.snr_db, context.n0, context.h)
         g, a, v = self.equalizer(state, stream)
         z_hat = stream * g
-        gains, nvars = dict(context.get("eq_gain", {})), dict(context.get("eq_noise_var", {}))
+        gains, nvars = dict(context.eq_gain or {}), dict(context.eq_noise_var or {})
         a_full, v_full = torch.broadcast_to(a, stream.shape), torch.broadcast_to(v, stream.shape)
         offset = 0
         for k, n in layout:
@@ -425,14 +372,11 @@ class Channel(LinkStage):
             gains[k] = _from_per_sample(a_full[:, offset:offset + n], shape, batch)
             nvars[k] = _from_per_sample(v_full[:, offset:offset + n], shape, batch)
             offset += n
-        context["eq_gain"], context["eq_noise_var"] = gains, nvars
-        meta = dict(payload.meta)
-        analog = dict(meta.pop("analog", {}))
-        for name, info in analog.items():
-            scale = tensors.pop(f"{name}.analog_scale")
-            x = complex_to_real(tensors[name] * scale[:, None].to(tensors[name].real.dtype), info["shape"])
-            tensors[name] = x.to(getattr(torch, info["dtype"]))
-        return payload.replace(tensors=tensors, meta=meta)
+        context.eq_gain, context.eq_noise_var = gains, nvars
+        out = payload.replace(tensors=tensors)
+        if context.extra.pop(_ANALOG_KEY, False):
+            out = AnalogLink().receive(out, context, generator)
+        return out
 
 
 class AWGN(Channel):
@@ -449,9 +393,10 @@ class RayleighBlockFading(Channel):
 
     Args:
         coherence_symbols: ``None`` (default): one ``h`` per sample (published in ``prepare`` as
-            ``context["h"]`` ``(B, 1)``, so a transmitter can use it); an int ``L``: one ``h`` per
-            consecutive run of ``L`` symbols of a sample (drawn in ``send``, ``context["h"]`` ``(B, n)``).
-        Others as `Channel`; ``csi`` defaults to ``"mmse"``.
+            ``context.h`` ``(B, 1)``, so a transmitter can use it); an int ``L``: one ``h`` per
+            consecutive run of ``L`` symbols of a sample (drawn in ``send``, ``context.h`` ``(B, n)``).
+
+    The other arguments are `Channel`'s; ``csi`` defaults to ``"mmse"``.
     """
 
     fading = "rayleigh-block"
@@ -482,7 +427,7 @@ class RayleighBlockFading(Channel):
 
 class RayleighFastFading(Channel):
     """Rayleigh fast fading: an independent ``h ~ CN(0, 1)`` per symbol (drawn in ``send``;
-    ``context["h"]`` ``(B, n)`` is available to receive-side stages). ``csi`` defaults to ``"mmse"``."""
+    ``context.h`` ``(B, n)`` is available to receive-side stages). ``csi`` defaults to ``"mmse"``."""
 
     fading = "rayleigh-fast"
 
@@ -525,15 +470,54 @@ def _from_per_sample(flat: torch.Tensor, shape, batch: int) -> torch.Tensor:
     return flat.reshape(batch, m, -1).transpose(0, 1).reshape(shape)
 
 
-def equalized_model(context: dict[str, Any], name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The receiver's model ``z_hat = a z + CN(0, v)`` for tensor ``name``, broadcast to ``like``."""
-    gains, nvars = context.get("eq_gain", {}), context.get("eq_noise_var", {})
-    if name in gains and name in nvars:
-        a, v = gains[name], nvars[name]
-    elif "n0" in context:  # a channel that published only its noise power: no fading known
-        a = torch.ones((), dtype=like.dtype, device=like.device)
-        v = context["n0"].to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
-    else:
-        raise ValueError(f"context: no channel model for {name!r}; put a channel stage after this stage in the Link")
-    return torch.broadcast_to(a.to(like.device), like.shape).to(like.dtype), \
-        torch.broadcast_to(v.to(like.device), like.shape).to(like.real.dtype)
+def equalized_model(context: LinkContext, name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The receiver's model ``z_hat = a z + CN(0, v)`` for tensor ``name``: `LinkContext.channel_model`."""
+    return LinkContext.coerce(context).channel_model(name, like)
+
+
+# ----------------------------------------------------------------------------------- by name
+class MixedBlockChannel(Channel):
+    """AWGN or Rayleigh block fading, picked per sample: one model learns both (the codec recipes' channel).
+
+    Each sample is Rayleigh block faded (one ``h ~ CN(0, 1)`` per sample) with probability
+    ``p_rayleigh`` and AWGN (``h = 1``) otherwise; the receiver equalises with ``csi``. The channel
+    arithmetic (noise, equaliser) is `Channel`'s. Gains are drawn in ``send`` (``context.h`` ``(B, 1)``).
+    """
+
+    fading = "mixed-block"
+
+    def __init__(self, snr_db: SnrSpec | None = None, csi: str = "mmse", p_rayleigh: float = 0.5, seed: int = 0):
+        super().__init__(snr_db, csi, seed=seed)
+        if isinstance(p_rayleigh, bool) or not isinstance(p_rayleigh, (int, float)) or not 0.0 <= p_rayleigh <= 1.0:
+            raise ValueError(f"p_rayleigh: expected a probability in [0, 1], got {p_rayleigh!r}")
+        self.p_rayleigh = float(p_rayleigh)
+
+    def draw_gains(self, batch, num_symbols, generator, dtype=torch.complex64, device=None):
+        h = complex_normal((batch, 1), generator, dtype, device)
+        fade = torch.rand(batch, 1, generator=generator, device=generator.device).to(h.device) < self.p_rayleigh
+        return torch.where(fade, h, torch.ones_like(h))
+
+    def note(self):
+        return {**super().note(), "p_rayleigh": self.p_rayleigh}
+
+
+def make_channel(kind: str | Sequence[str], *, snr_db: SnrSpec | None = None, csi: str = "mmse",
+                 seed: int = 0, **kwargs: Any) -> Channel:
+    """The channel named ``kind``, one of `CHANNELS`:
+
+    * ``"awgn"`` -> `AWGN`;
+    * ``"rayleigh"`` -> `RayleighBlockFading` (one ``h`` per sample, i.e. per image);
+    * a list of names: the one channel they name, or, for ``["awgn", "rayleigh"]``, a
+      `MixedBlockChannel` (each sample faded with probability 1/2: the codec recipes' training channel).
+
+    ``snr_db=None`` takes the SNR from ``context.snr_db`` in a `Link`. ``csi``, ``seed`` and ``kwargs``
+    (e.g. ``coherence_symbols``, ``zf_min_gain``, ``p_rayleigh``) go to the channel's constructor.
+    """
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind) if isinstance(kind, (list, tuple)) else None
+    if not kinds or any(k not in CHANNELS for k in kinds):
+        raise ValueError(f"kind: expected one of the channels {CHANNELS} or a non-empty list of them, got {kind!r}")
+    if set(kinds) == {"awgn"}:
+        return AWGN(snr_db, csi=csi, seed=seed, **kwargs)
+    if set(kinds) == {"rayleigh"}:
+        return RayleighBlockFading(snr_db, csi=csi, seed=seed, **kwargs)
+    return MixedBlockChannel(snr_db, csi=csi, seed=seed, **{"p_rayleigh": 0.5, **kwargs})

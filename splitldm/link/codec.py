@@ -10,10 +10,12 @@ block-fading channel instead, when the link publishes fading gains.
 It is also a `LinkStage`: ``send`` replaces the payload's primary tensors by complex64 symbols (so
 their bits become channel uses) and ``receive`` decodes them back::
 
-    link = Link([SeedCodec.load("checkpoints/seed-codec"), AWGN(snr_db=5)])
+    link = Link([SeedCodec.from_pretrained("seed-codec"), AWGN(snr_db=5)])
     received = link(payload, generator=torch.Generator().manual_seed(0))
 
-Training (`forward`) returns a dict, CompressAI style; see ``splitldm/recipes/codec.py`` for the recipe.
+Saving and loading follow diffusers: `SeedCodec.save_pretrained` writes ``config.json`` +
+``model.safetensors``; `SeedCodec.from_pretrained` reads a folder, a `splitldm.zoo` name or (online) a
+hub id. Training (`forward`) returns a dict, CompressAI style; see ``splitldm/recipes/codec.py``.
 """
 
 from __future__ import annotations
@@ -21,19 +23,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from splitldm.link.channels import AWGN, Channel, complex_to_real, normalize_power, real_to_complex
-from splitldm.link.stack import LinkStage, default_generator
+from splitldm.link._pretrained import resolve_pretrained
+from splitldm.link.channels import AWGN, Channel
 from splitldm.link.payload import Payload
+from splitldm.link.stack import LinkContext, LinkStage, default_generator
+from splitldm.link.symbols import complex_to_real, normalize_power, real_to_complex
+
+__all__ = ["SeedCodec", "SNRAttention", "effective_snr_db", "read_safetensors", "write_safetensors"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -112,25 +120,40 @@ class _ResBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------- codec
-class SeedCodec(LinkStage, ConfigMixin):
-    """Deep-JSCC seed encoder/decoder with SNR conditioning and unit-power output.
+class SeedCodec(ModelMixin, LinkStage, ConfigMixin):
+    r"""Deep-JSCC seed encoder/decoder with SNR conditioning and unit-power output.
 
-    Args:
-        in_channels: channels ``C`` of the feature it codes (4 for SD latents).
-        rho: bandwidth ratio, complex channel uses per real source value: ``k = floor(rho C h w)``.
-        hidden_channels: width of the convolutional trunk.
-        num_blocks: residual + SNR-attention blocks on each side.
-        downsample: stride-2 stages in the encoder (the symbol grid is ``h / 2**downsample``).
-        sample_size: default ``(h, w)`` that `decode` reconstructs when no shape is given.
-        condition: ``"snr"`` (condition on the channel SNR) or ``"csi"`` (on ``|h|^2 SNR`` when the
-            link publishes block-fading gains ``context["h"]``; falls back to the SNR otherwise).
-        snr_range_db: the SNR range (dB) that centres and scales the SNR input (the first training
-            range; fine-tuning keeps it so the weights stay valid).
-        trained_snr_range_db: the SNR range (dB) the weights were last trained on, when fine-tuning
-            widened it (None: ``snr_range_db``). See `training_snr_range_db`.
-        in_mean, in_std: per-channel statistics of the training features; the codec works on
-            ``(x - mean) / std`` and undoes it at the output (set by the training recipe).
-        default_snr_db: SNR assumed by `send`/`receive` when no channel stage publishes one.
+    A diffusers model (``ModelMixin`` + ``ConfigMixin``, like ``AutoencoderKL``) and a `LinkStage`:
+
+    :input: ``send``: every primary tensor ``x`` ``(B, C, h, w)`` real (``C = in_channels``).
+    :output: ``send``: ``x`` becomes ``(B, k)`` complex64 symbols, ``k = floor(rho C h w)``, unit average
+        power per sample, on the CPU (``payload.meta["seed_codec"]`` records shape and dtype);
+        ``receive``: ``x_hat`` ``(B, C, h, w)`` in ``x``'s dtype.
+    :context: reads ``snr_db`` (``(B,)`` dB; else ``default_snr_db``) and, with ``condition="csi"``,
+        ``h`` (block-fading gains); writes nothing. A tensor with ``m B`` rows (a guided UNet-cut
+        carry) reuses sample ``i``'s SNR for rows ``i, i + B, ...``.
+
+    Parameters:
+        in_channels (`int`, defaults to 4): channels ``C`` of the feature it codes (4 for SD latents).
+        rho (`float`, defaults to 0.125): bandwidth ratio, complex channel uses per real source value:
+            ``k = floor(rho C h w)``, in ``(0, 4]``.
+        hidden_channels (`int`, defaults to 64): width of the convolutional trunk.
+        num_blocks (`int`, defaults to 2): residual + SNR-attention blocks on each side.
+        downsample (`int`, defaults to 1): stride-2 stages in the encoder (the symbol grid is
+            ``h / 2**downsample``), in ``[0, 4]``.
+        sample_size (`int` or `(int, int)`, defaults to 8): default ``(h, w)`` that `decode` reconstructs
+            when no shape is given.
+        condition (`str`, defaults to ``"snr"``): ``"snr"`` (condition on the channel SNR) or ``"csi"``
+            (on ``|h|^2 SNR`` when the link publishes block-fading gains ``context.h``; falls back to
+            the SNR otherwise).
+        snr_range_db (`(float, float)`, defaults to ``(0, 20)``): the SNR range (dB) that centres and
+            scales the SNR input (the first training range; fine-tuning keeps it so the weights stay valid).
+        in_mean, in_std (`list[float]`, optional): per-channel statistics of the training features; the
+            codec works on ``(x - mean) / std`` and undoes it at the output (set by the training recipe).
+        default_snr_db (`float`, optional): SNR assumed by `send`/`receive` when no channel stage
+            publishes one.
+        trained_snr_range_db (`(float, float)`, optional): the SNR range (dB) the weights were last
+            trained on, when fine-tuning widened it (None: ``snr_range_db``). See `training_snr_range_db`.
     """
 
     config_name = CONFIG_NAME
@@ -170,8 +193,10 @@ class SeedCodec(LinkStage, ConfigMixin):
         if mean.numel() != in_channels or std.numel() != in_channels or not (std > 0).all():
             raise ValueError("in_mean/in_std: expected in_channels values each, std > 0")
         # Persistent: a Lightning checkpoint restores them even though its hparams predate the stats.
-        self.register_buffer("in_mean", mean.reshape(1, -1, 1, 1))
-        self.register_buffer("in_std", std.reshape(1, -1, 1, 1))
+        # Registered directly: the config has keys of the same names, which `register_buffer` would see
+        # through ModelMixin's config-attribute lookup (see `__getattr__`).
+        self._buffers["in_mean"] = mean.reshape(1, -1, 1, 1)
+        self._buffers["in_std"] = std.reshape(1, -1, 1, 1)
         self._snr_center = (lo + hi) / 2
         self._snr_scale = max((hi - lo) / 2, 5.0)
 
@@ -192,6 +217,14 @@ class SeedCodec(LinkStage, ConfigMixin):
             nn.Sequential(nn.Conv2d(hid, hid, 3, padding=1), nn.PReLU(hid)) for _ in range(downsample))
         self.dec_out = nn.Conv2d(hid, in_channels, 3, padding=1)
         self.default_snr_db = default_snr_db
+
+    def __getattr__(self, name: str) -> Any:
+        # The statistics buffers share their names with config keys (``in_mean``, ``in_std``): the tensors
+        # win, as before ModelMixin (whose lookup would return the config lists).
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            return buffers[name]
+        return super().__getattr__(name)
 
     # ------------------------------------------------------------------ accounting
     @property
@@ -320,18 +353,19 @@ class SeedCodec(LinkStage, ConfigMixin):
         return {"symbols": symbols, "y": y, "x_hat": x_hat, "snr_db": state.snr_db, "h": state.h}
 
     # ------------------------------------------------------------------ link stage
-    def _link_snr(self, context: dict[str, Any], batch: int, device) -> torch.Tensor:
-        snr = context.get("snr_db", self.default_snr_db)
+    def _link_snr(self, context: LinkContext, batch: int, device) -> torch.Tensor:
+        context = LinkContext.coerce(context)
+        snr = context.snr_db if context.snr_db is not None else self.default_snr_db
         if snr is None:
             raise ValueError("snr_db: no SNR known to the seed codec; put a channel stage after it in the Link "
-                             "(it publishes context['snr_db']) or set SeedCodec.default_snr_db")
+                             "(it publishes context.snr_db) or set SeedCodec.default_snr_db")
         return _as_snr(_rows(snr, batch), batch, device)
 
-    def _context_h(self, context: dict[str, Any], batch: int) -> torch.Tensor | None:
-        h = context.get("h") if self.config.condition == "csi" else None
+    def _context_h(self, context: LinkContext, batch: int) -> torch.Tensor | None:
+        h = LinkContext.coerce(context).h if self.config.condition == "csi" else None
         return _rows(h, batch) if isinstance(h, torch.Tensor) else None
 
-    def send_tensor(self, x: torch.Tensor, context: dict[str, Any], name: str = "x") -> tuple[torch.Tensor, dict]:
+    def send_tensor(self, x: torch.Tensor, context: LinkContext, name: str = "x") -> tuple[torch.Tensor, dict]:
         """Encode one link tensor (B, C, h, w) at the link's SNR: complex64 symbols (B, k) on the CPU and
         the record (``shape``, ``dtype``) `receive_tensor` needs to restore it."""
         self._check_x(x, name=name)
@@ -340,14 +374,14 @@ class SeedCodec(LinkStage, ConfigMixin):
             y = self.encode(x, snr, h=self._context_h(context, x.shape[0])).to(torch.complex64).cpu()
         return y, {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
 
-    def receive_tensor(self, y: torch.Tensor, info: dict, context: dict[str, Any]) -> torch.Tensor:
+    def receive_tensor(self, y: torch.Tensor, info: dict, context: LinkContext) -> torch.Tensor:
         """Decode symbols from `send_tensor` back to a feature of the recorded shape and dtype."""
         with torch.no_grad():
             snr = self._link_snr(context, y.shape[0], y.device)
             x_hat = self.decode(y, snr, shape=info["shape"][1:], h=self._context_h(context, y.shape[0]))
         return x_hat.to(getattr(torch, info["dtype"]))
 
-    def send(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def send(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         """Encode every primary tensor (B, C, h, w) to complex64 symbols (B, k); shapes go in meta."""
         if not payload.primary:
             raise ValueError("payload: has no primary tensor for the seed codec to encode")
@@ -358,7 +392,7 @@ class SeedCodec(LinkStage, ConfigMixin):
         meta[_META_KEY] = record
         return payload.replace(tensors=tensors, meta=meta)
 
-    def receive(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         """Decode the symbols `send` produced back to features of their original shape and dtype."""
         record = payload.meta.get(_META_KEY)
         if record is None:
@@ -383,49 +417,124 @@ class SeedCodec(LinkStage, ConfigMixin):
         self.in_std.copy_(std.reshape(1, -1, 1, 1))
         self.register_to_config(in_mean=[float(v) for v in mean], in_std=[float(v) for v in std])
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``save_directory`` (created)."""
-        path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        safe_serialization: bool = True, **kwargs: Any) -> Path:
+        """Write ``config.json`` (diffusers `ConfigMixin`) and ``model.safetensors`` into ``save_directory``.
+
+        Args:
+            save_directory: the folder (created).
+            is_main_process: only the main process writes (distributed training), as in diffusers.
+            safe_serialization: must be True (safetensors only; never pickle).
+        Returns:
+            The folder.
+        """
+        path = _save_dir(save_directory, safe_serialization, kwargs)
+        if not is_main_process:
+            return path
         self.register_to_config(default_snr_db=self.default_snr_db,
                                 in_mean=[float(v) for v in self.in_mean.reshape(-1)],
                                 in_std=[float(v) for v in self.in_std.reshape(-1)])
         self.save_config(path)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt", "class": type(self).__name__})
+        write_safetensors(self.state_dict(), path / WEIGHTS_NAME, type(self).__name__)
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "SeedCodec":
-        """Load a codec written by `save_pretrained`. Missing or corrupt files raise a clear error."""
-        if not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(f"directory: expected a path, got {type(directory).__name__}")
-        path = Path(directory).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"directory: no seed-codec folder at {path}")
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"directory: {path} has no {name} (written by SeedCodec.save_pretrained)")
-        try:
-            config = json.loads((path / CONFIG_NAME).read_text())
-            if not isinstance(config, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"directory: corrupt {path / CONFIG_NAME}: {exc}") from exc
-        if config.get("_class_name", cls.__name__) != cls.__name__:
-            raise ValueError(f"directory: {path} holds a {config.get('_class_name')!r}, not a {cls.__name__}")
-        kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-        try:
-            model = cls(**kwargs)
-        except TypeError as exc:
-            raise ValueError(f"directory: config in {path} does not fit SeedCodec: {exc}") from exc
-        try:
-            state = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"directory: corrupt weights file {path / WEIGHTS_NAME}: {exc}") from exc
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"directory: weights in {path} do not match its config: {exc}") from exc
-        return model.to(map_location).eval()
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                        torch_dtype: torch.dtype | None = None, subfolder: str | None = None,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False) -> "SeedCodec":
+        """Load a codec written by `save_pretrained`, in eval mode.
 
+        Args:
+            pretrained_model_name_or_path: a `splitldm.zoo` name (``"seed-codec"``: the shipped codec),
+                a local folder, or a Hugging Face hub id (only when it is not a local path and
+                ``HF_HUB_OFFLINE`` is unset).
+            device: where the weights go. torch_dtype: cast the floating weights to it (None: as saved).
+            subfolder, revision, cache_dir, local_files_only: as in diffusers (hub sources).
+        Raises:
+            FileNotFoundError: no such folder / name, or a file is missing. ValueError: a corrupt file,
+            a config of another class or weights that do not fit the config.
+        """
+        path = resolve_pretrained(pretrained_model_name_or_path, (CONFIG_NAME, WEIGHTS_NAME), what=cls.__name__,
+                                  subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_files_only)
+        model = cls(**_read_config(path / CONFIG_NAME, cls))
+        _load_weights(model, path / WEIGHTS_NAME, device)
+        model = model.to(device)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model.eval()
+
+    # ------------------------------------------------------------------ deprecated (0.1) names
+    @classmethod
+    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "SeedCodec":
+        """Deprecated alias of `from_pretrained` (removed in the next release)."""
+        warnings.warn(f"{cls.__name__}.load is deprecated; use {cls.__name__}.from_pretrained",
+                      DeprecationWarning, stacklevel=2)
+        return cls.from_pretrained(directory, device=map_location)
+
+    def save(self, save_directory: str | os.PathLike) -> Path:
+        """Deprecated alias of `save_pretrained` (removed in the next release)."""
+        warnings.warn(f"{type(self).__name__}.save is deprecated; use save_pretrained", DeprecationWarning,
+                      stacklevel=2)
+        return self.save_pretrained(save_directory)
+
+
+# ----------------------------------------------------------------------------- persistence helpers
+def _save_dir(save_directory, safe_serialization: bool, kwargs: dict) -> Path:
+    if kwargs:
+        raise TypeError(f"save_pretrained: unsupported arguments {sorted(kwargs)}")
+    if safe_serialization is not True:
+        raise ValueError("safe_serialization: only safetensors is supported (never pickle)")
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"save_directory: expected a path, got {type(save_directory).__name__}")
+    path = Path(save_directory).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"save_directory: {path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_safetensors(state: dict[str, torch.Tensor], file: Path, class_name: str) -> None:
+    """Write a state dict (detached, CPU, contiguous) as safetensors with ``{"format": "pt", "class"}``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(state, str(file), metadata={"format": "pt", "class": class_name})
+
+
+def read_safetensors(file: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a corrupt file is a ValueError naming it."""
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"pretrained_model_name_or_path: corrupt weights file {file}: {exc}") from exc
+
+
+def _read_config(file: Path, cls: type) -> dict[str, Any]:
+    """The constructor arguments in a ``config.json`` of class ``cls`` (keys starting with ``_`` dropped)."""
+    try:
+        config = json.loads(file.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"pretrained_model_name_or_path: corrupt {file} (directory config): {exc}") from exc
+    if config.get("_class_name", cls.__name__) != cls.__name__:
+        raise ValueError(f"pretrained_model_name_or_path: {file.parent} holds a {config.get('_class_name')!r}, "
+                         f"not a {cls.__name__}")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    try:
+        import inspect
+
+        inspect.signature(cls.__init__).bind(None, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"pretrained_model_name_or_path: config in {file.parent} does not fit {cls.__name__}: "
+                         f"{exc}") from exc
+    return kwargs
+
+
+def _load_weights(model: nn.Module, file: Path, device) -> None:
+    state = read_safetensors(file, device)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"pretrained_model_name_or_path: weights in {file.parent} do not match its config: "
+                         f"{exc}") from exc

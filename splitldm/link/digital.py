@@ -28,10 +28,11 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from splitldm.link.channels import (AWGN, Channel, RayleighBlockFading, complex_to_real, equalized_model, real_to_complex,
-                                    resolve_snr_db)
-from splitldm.link.stack import LinkStage, default_generator
+from splitldm.analysis.limits import shannon_limit_snr_db
+from splitldm.link.channels import AWGN, Channel, resolve_snr_db
+from splitldm.link.fec import _Coder
 from splitldm.link.payload import Payload, primary_real_names
+from splitldm.link.stack import LinkContext, LinkStage, default_generator
 
 __all__ = [
     "DigitalLink",
@@ -180,75 +181,6 @@ class DigitalConfig:
         return self.payload_bits * self.bits_per_symbol / self.codeword_bits
 
 
-class _Hook:
-    """Mixin placed between `LDPC5GDecoder` and `LDPCBPDecoder`: keeps the hard decisions on every
-    variable node of the (pruned) mother code, for the syndrome check."""
-
-    def call(self, llr, /, **kwargs):
-        out = super().call(llr, **kwargs)
-        self._x_full = out
-        return out
-
-
-class _Coder:
-    """Sionna CRC + 5G LDPC + QAM blocks for one code on one device (built once, cached)."""
-
-    _cache: dict = {}
-
-    def __init__(self, cfg: DigitalConfig, device: str, num_iter: int):
-        # Sionna imports take seconds: import on first use only.
-        from sionna.phy.fec.crc import CRCDecoder, CRCEncoder
-        from sionna.phy.fec.ldpc import LDPC5GDecoder, LDPC5GEncoder
-        from sionna.phy.fec.ldpc.decoding import LDPCBPDecoder
-        from sionna.phy.mapping import Demapper, Mapper
-
-        decoder_cls = type("_CheckedLDPC5GDecoder", (LDPC5GDecoder, type("_BPHook", (_Hook, LDPCBPDecoder), {})), {})
-        self.crc_enc = self.crc_dec = None
-        if cfg.crc is not None:
-            self.crc_enc = CRCEncoder(cfg.crc, precision="single", device=device)
-            self.crc_dec = CRCDecoder(self.crc_enc, precision="single", device=device)
-        self.enc = LDPC5GEncoder(cfg.info_bits, cfg.codeword_bits, num_bits_per_symbol=cfg.bits_per_symbol,
-                                 precision="single", device=device)
-        self.dec = decoder_cls(self.enc, hard_out=True, return_infobits=True, num_iter=num_iter,
-                               precision="single", device=device)
-        self.cn_idx = torch.as_tensor(self.dec._cn_idx, dtype=torch.int64, device=device)
-        self.vn_idx = torch.as_tensor(self.dec._vn_idx, dtype=torch.int64, device=device)
-        self.num_cns = int(self.dec._num_cns)
-        self.mapper = Mapper("qam", cfg.bits_per_symbol, precision="single", device=device)
-        self.demapper = Demapper("app", "qam", cfg.bits_per_symbol, precision="single", device=device)
-
-    @classmethod
-    def get(cls, cfg: DigitalConfig, device: torch.device, num_iter: int) -> "_Coder":
-        key = (cfg.info_bits, cfg.bits_per_symbol, cfg.codeword_bits, cfg.crc, str(device), num_iter)
-        if key not in cls._cache:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # Sionna warns for rates above 948/1024
-                cls._cache[key] = cls(cfg, str(device), num_iter)
-        return cls._cache[key]
-
-    def encode(self, info: torch.Tensor) -> torch.Tensor:
-        """``(..., payload_bits)`` float {0,1} -> ``(..., codeword_bits / m)`` complex64 symbols."""
-        if self.crc_enc is not None:
-            info = self.crc_enc(info)
-        return self.mapper(self.enc(info))
-
-    def decode(self, y: torch.Tensor, no: torch.Tensor, cw_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Symbols ``(B, L)`` and noise variance ``(B, L)`` -> (info bits ``(*cw_shape[:-1], payload_bits)``,
-        ok ``(*cw_shape[:-1])`` bool: every LDPC parity check holds and the CRC, if any, passes)."""
-        llr = self.demapper(y, no).reshape(*cw_shape)
-        bits = self.dec(llr)
-        x = self.dec._x_full  # (codewords, variable nodes) hard decisions in {0, 1}
-        syndrome = torch.zeros(x.shape[0], self.num_cns, dtype=x.dtype, device=x.device)
-        syndrome.index_add_(1, self.cn_idx, x[:, self.vn_idx])
-        ok = (syndrome.remainder(2) == 0).all(dim=1).reshape(bits.shape[:-1])
-        if self.crc_dec is not None:
-            bits, crc_ok = self.crc_dec(bits)
-            ok = ok & crc_ok[..., 0]
-        return bits, ok
-
-
 # -------------------------------------------------------------------------- source transforms
 @functools.lru_cache(maxsize=None)
 def gaussian_uniform_quantizer(bits: int) -> tuple[float, float]:
@@ -371,8 +303,15 @@ class DigitalLink(LinkStage):
     Send turns each primary real tensor ``(B, *S)`` into ``(B, channel_uses)`` complex64 symbols
     (``DigitalConfig.channel_uses(prod(S))`` per sample). Receive uses the channel's published model
     ``z_hat = a z + CN(0, v)`` for the LLRs; a codeword whose syndrome (or CRC) check fails is erased
-    and every value / coefficient with a bit in it is replaced by its mean (the "cliff"). Writes
-    ``context["digital"]`` = ``{"codewords", "codeword_errors", "values_erased"}``. Not differentiable.
+    and every value / coefficient with a bit in it is replaced by its mean (the "cliff"). Not differentiable.
+
+    :input: each real floating primary tensor ``x`` ``(B, *S)``, ``n = prod(S)`` values per sample.
+    :output: ``send``: ``(B, DigitalConfig.channel_uses(n))`` complex64 QAM symbols, plus
+        ``"<name>.quant"`` float32 side information (``(B, 3)`` min/max/mean in the legacy mode, ``(B, 2)``
+        mean/std for the DCT, none with a covariance); ``payload.meta["digital"]`` records shapes.
+        ``receive``: ``x_hat`` ``(B, *S)`` in ``x``'s dtype.
+    :context: ``receive`` reads the channel's model (`LinkContext.channel_model`) for the LLRs and
+        writes ``digital`` = ``{"codewords", "codeword_errors", "values_erased"}``.
     """
 
     def __init__(self, bits_per_value: int = 4, code_rate: float = 0.5, bits_per_symbol: int = 4,
@@ -516,7 +455,7 @@ class DigitalLink(LinkStage):
         return comp.to(device), shift.to(device), len(alloc)
 
     @torch.no_grad()
-    def send(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def send(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         cfg = self.config
         tensors, meta = dict(payload.tensors), dict(payload.meta)
         info = {}
@@ -546,7 +485,8 @@ class DigitalLink(LinkStage):
         return payload.replace(tensors=tensors, meta=meta)
 
     @torch.no_grad()
-    def receive(self, payload: Payload, context: dict[str, Any], generator: torch.Generator) -> Payload:
+    def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
+        LinkContext.require(context, "DigitalLink.receive")
         cfg = self.config
         tensors, meta = dict(payload.tensors), dict(payload.meta)
         spec_all = meta.pop("digital", {})
@@ -559,7 +499,7 @@ class DigitalLink(LinkStage):
             q = torch.zeros(batch, m, dtype=torch.int64, device=y.device)
             comp_ok = torch.zeros(batch, m, dtype=torch.bool, device=y.device)
             if c > 0:
-                a, v = equalized_model(context, name, y)
+                a, v = context.channel_model(name, y)
                 a = torch.where(a.abs() < 1e-6, torch.full_like(a, 1e-6), a)  # a deep fade: LLRs ~ 0
                 y_unbiased = y / a
                 no = (v / a.abs().square()).clamp(1e-10, 1e10).to(torch.float32)
@@ -584,7 +524,7 @@ class DigitalLink(LinkStage):
                 values = torch.where(comp_ok, self.dequantize(q, side), side[:, 2:3].expand(batch, n)) if c > 0 \
                     else side[:, 2:3].expand(batch, n).clone()
             tensors[name] = values.reshape(batch, *spec["shape"]).to(getattr(torch, spec["dtype"]))
-        context["digital"] = report
+        context.digital = report
         return payload.replace(tensors=tensors, meta=meta)
 
 
@@ -752,7 +692,7 @@ def measure_waterfall(bits_per_symbol: int, k: int, n: int, num_codewords: int =
 
     def crossing(target):
         # no scheme works below the Shannon limit of its spectral efficiency; widen upwards until it does
-        lo = max(-20.0, round(10 * math.log10(2 ** (k * bits_per_symbol / n) - 1) / resolution_db) * resolution_db
+        lo = max(-20.0, round(shannon_limit_snr_db(k * bits_per_symbol / n) / resolution_db) * resolution_db
                  - resolution_db)
         hi = min(40.0, lo + 4.0)
         while bler(hi) > target and hi < 40.0:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from splitldm.link.stack import LinkStage
+import torch
+
+from splitldm.link.payload import Payload
+from splitldm.link.stack import LinkContext, LinkStage
 from splitldm.tome import _SIMILARITIES, MergePlan, _check_pos_int, _check_ratio, plan_merge
 
 _META_KEY = "token_merge"
@@ -26,6 +29,12 @@ class TokenMerge(LinkStage):
     ``meta["token_merge"][name]["side_info_bits"]``). So ``payload.tensor_bits()`` after send is
     ``B*C*M*dtype_bits + 8*ceil(bits/8)`` for each merged tensor. Receive unmerges back to
     ``(B, C, H, W)``: each merged source takes its destination's received value.
+
+    :input: each targeted primary tensor ``x`` ``(B, C, H, W)``, real floating.
+    :output: ``send``: ``(B, C, 1, M)`` merged tokens (``x``'s dtype) plus ``"<name>.merge_index"``
+        uint8 ``(ceil(bits / 8),)``; ``payload.meta["token_merge"]`` holds the merge record.
+        ``receive``: ``(B, C, H, W)``; the index map and the record are removed.
+    :context: neither reads nor writes it (randomness, with ``use_rand``, comes from the generator).
 
     Args:
         ratio: fraction of tokens removed, in ``[0, 1)``; 0 passes the payload through untouched.
@@ -67,7 +76,7 @@ class TokenMerge(LinkStage):
             raise ValueError(f"names: {missing} are not primary tensors of the payload {list(payload.primary)}")
         return self.names
 
-    def send(self, payload, context, generator):
+    def send(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         if self.ratio == 0:
             return payload
         info = dict(payload.meta.get(_META_KEY, {}))
@@ -94,7 +103,7 @@ class TokenMerge(LinkStage):
                           "side_info_bits": plan.side_info_bits()}
         return payload.replace(tensors=tensors, meta={**payload.meta, _META_KEY: info})
 
-    def receive(self, payload, context, generator):
+    def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         info = payload.meta.get(_META_KEY)
         if not info:  # nothing was merged (ratio 0, or no TokenMerge upstream)
             return payload
