@@ -136,6 +136,33 @@ def test_readme_links_resolve():
     assert not missing, missing
 
 
+def test_names_and_paths_in_the_docs_exist():
+    """Every dotted ``splitldm.x.y`` name the docs mention imports (module or attribute), and every repository
+    path they mention (``configs/...``, ``bench/...``, ``scripts/...``, ``tests/...``, ``splitldm/...``) exists."""
+    import importlib
+
+    text = {p: p.read_text(encoding="utf-8") for p in PAGES}
+    unknown = []
+    for name in sorted({m for t in text.values() for m in re.findall(r"(?<![\w/.-])splitldm(?:\.[A-Za-z_]\w*)+", t)}):
+        parts, obj = name.split("."), None
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ModuleNotFoundError:
+                continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            unknown.append(name)
+    assert not unknown, f"names in the docs that do not exist: {unknown}"
+    paths = {m for t in text.values()
+             for m in re.findall(r"(?<![\w/.-])((?:configs|bench|scripts|tests|splitldm)/[\w./-]*\w)", t)}
+    missing = sorted(p for p in paths if not re.search(r"-v\d+$", p) and not (ROOT / p).exists())
+    assert not missing, f"paths in the docs that do not exist: {missing}"
+
+
 def test_doc_images_are_the_shipped_ones():
     """docs/img/ copies the sample grids of the shipped checkpoints (the zoo page shows them)."""
     for name in ("tiny", "tiny-lcm"):
