@@ -433,18 +433,51 @@ def build_pipeline(name: str = "tiny-random", seed: int = 0, scheduler: str | No
 #: Shipped checkpoint names -> folder under `checkpoints_dir()`.
 SHIPPED = {"tiny": "tiny", "tiny-lcm": "tiny-lcm"}
 
-_REQUIRED_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json")
+_REQUIRED_FILES = ("model_index.json", "vae/config.json")
+
+
+def _folder_family(path: Path):
+    """Check a diffusers folder (model index, VAE, denoiser, tokenizer) and return its `Family`."""
+    import json
+
+    from splitldm.pipeline.families import FAMILIES, supported_pipelines
+
+    missing = [f for f in _REQUIRED_FILES if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"name_or_path: {path} is not a complete diffusers pipeline folder; missing {missing}")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"name_or_path: {path}/model_index.json is not valid JSON: {exc}") from exc
+    cls = index.get("_class_name")
+    family = next((f for f in FAMILIES.values() if cls in f.pipeline_classes), None)
+    if family is None:
+        raise ValueError(f"name_or_path: {path} holds a {cls}, not a supported pipeline; supported: "
+                         f"{', '.join(supported_pipelines())}")
+    denoiser = f"{family.denoiser_name}/config.json"
+    missing = [f for f in (denoiser,) + tuple(f"{n}/config.json" for n in family.text_encoder_names[:1])
+               if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"name_or_path: {path} is not a complete diffusers pipeline folder; missing {missing}")
+    tokenizers = [k for k, v in index.items() if k.startswith("tokenizer") and isinstance(v, list) and v[0]]
+    absent = [k for k in tokenizers if not (path / k).is_dir()]
+    if not tokenizers or absent:
+        raise FileNotFoundError(f"name_or_path: {path} has no tokenizer ({absent or 'none in model_index.json'}); "
+                                "a split pipeline encodes prompts on the ES (and, with condition='prompt', the UE): "
+                                "save the pipeline with its tokenizer(s)")
+    return family
 
 
 def load_pipeline(name_or_path: str | os.PathLike = "tiny", *, scheduler: str | None = None,
-                  torch_dtype: torch.dtype | None = None, local_files_only: bool | None = None,
-                  ) -> StableDiffusionPipeline:
-    """Load a `StableDiffusionPipeline`: a shipped name, a local diffusers folder, or a hub id.
+                  torch_dtype: torch.dtype | None = None, local_files_only: bool | None = None):
+    """Load a pipeline of any supported family: a shipped name, a local diffusers folder, or a hub id.
 
     Shipped names (``tiny``, ``tiny-lcm``) resolve to folders in `checkpoints_dir()`. ``*-random``
     names build seeded random weights (`build_pipeline`). A local folder must hold a diffusers
-    layout with safetensors weights (no pickles are ever loaded). A hub id is only tried when it is
-    not a local path and ``HF_HUB_OFFLINE`` is unset; otherwise a clear error is raised.
+    layout (``model_index.json`` naming a `supported_pipelines()` class: SD, SDXL, SD3, PixArt,
+    Flux) with safetensors weights (no pickles are ever loaded) and its tokenizer(s). A hub id is only
+    tried when it is not a local path and ``HF_HUB_OFFLINE`` is unset; otherwise a clear error is raised.
+    ``scheduler``: a `SCHEDULERS` / `FLOW_SCHEDULERS` name replacing the saved scheduler (schedule kept).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path: expected a name or a path, got {type(name_or_path).__name__}")
@@ -459,10 +492,9 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny", *, scheduler: str | 
                 f"use 'tiny-random' for the tiny architecture with random weights")
     else:
         path = Path(name).expanduser()
+    family = None
     if path.exists():
-        missing = [f for f in _REQUIRED_FILES if not (path / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"name_or_path: {path} is not a complete diffusers pipeline folder; missing {missing}")
+        family = _folder_family(path)
         local_files_only = True
         source = str(path)
     else:
@@ -472,22 +504,38 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny", *, scheduler: str | 
             why = "HF_HUB_OFFLINE is set" if offline else "no such folder"
             raise FileNotFoundError(f"name_or_path: {name!r} is not a local pipeline folder ({why})")
         source = name
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype, use_safetensors=True,
+                                  local_files_only=bool(local_files_only))
+    if family is None or family.name == "sd":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=torch_dtype, use_safetensors=True, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False, local_files_only=bool(local_files_only),
-        )
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ValueError(f"name_or_path: could not load a pipeline from {source!r}: {exc}") from exc
     if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
+        pipe = with_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def with_scheduler(pipe: StableDiffusionPipeline, scheduler: str) -> StableDiffusionPipeline:
-    """A new pipeline that shares ``pipe``'s modules but uses scheduler ``scheduler``."""
+def with_scheduler(pipe, scheduler: str):
+    """A new pipeline of the same class that shares ``pipe``'s modules but uses scheduler ``scheduler``.
+
+    ``scheduler``: a `SCHEDULERS` name (SD, SDXL, PixArt) or a `FLOW_SCHEDULERS` name (SD3, Flux);
+    the noise schedule (betas, shift) of ``pipe.scheduler`` is kept.
+    """
+    import inspect
+
     components = dict(pipe.components, scheduler=make_scheduler(scheduler, dict(pipe.scheduler.config)))
-    new = type(pipe)(**components, requires_safety_checker=bool(pipe.config.get("requires_safety_checker", False)))
+    params = inspect.signature(type(pipe).__init__).parameters
+    kwargs = {k: v for k, v in components.items() if k in params}
+    for key, value in pipe.config.items():  # registered non-module options (force_zeros_for_empty_prompt, ...)
+        if key in params and key not in kwargs and not key.startswith("_") and not isinstance(value, (list, tuple)):
+            kwargs[key] = value
+    if "add_watermarker" in params:
+        kwargs["add_watermarker"] = getattr(pipe, "watermark", None) is not None
+    new = type(pipe)(**kwargs)
     new.set_progress_bar_config(disable=True)
     return new

@@ -1,9 +1,10 @@
-"""A denoising loop that runs steps ``[a, b)`` of any diffusers scheduler and resumes exactly.
+"""One denoising loop for every pipeline family: runs steps ``[a, b)`` of any scheduler and resumes exactly.
 
-It performs the very operations of `StableDiffusionPipeline.__call__` (prompt encoding, latent
-preparation, classifier-free guidance, guidance rescale, the scheduler step, VAE decoding) through
-the pipeline's own methods, so running steps ``[0, k)`` here and ``[k, T)`` elsewhere gives the images
-``pipe(...)`` gives, bit for bit.
+It performs the very operations of the family's own ``__call__`` (prompt encoding, latent
+preparation, guidance, the scheduler step, VAE decoding) through the pipeline's own methods, so
+running steps ``[0, k)`` here and ``[k, T)`` elsewhere gives the images ``pipe(...)`` gives, bit for
+bit. What differs between families (SD, SDXL, SD3, PixArt, Flux) lives in a small adapter,
+`splitldm.pipeline.families.Family`; this module holds what they share.
 
 Resuming elsewhere needs the scheduler's *dynamic* state (step index, multistep history, ...) and the
 random generator's state; `scheduler_state` captures what differs from a freshly set-up scheduler
@@ -12,8 +13,6 @@ random generator's state; `scheduler_state` captures what differs from a freshly
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -21,16 +20,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
-from diffusers.utils.torch_utils import randn_tensor
 
-from splitldm.pipeline.chain import Carry, UNetChain
+from splitldm.pipeline.families import Family, family_of, step_kwargs
+
+__all__ = ["GenerationSettings", "DenoiseState", "make_settings", "encode_prompts", "prepare", "denoise", "decode",
+           "fresh_scheduler", "scheduler_state", "restore_scheduler", "pack_value", "unpack_value",
+           "generator_states", "generators_from_states", "execution_device", "uses_cfg", "step_kwargs"]
 
 
 @dataclass
 class GenerationSettings:
-    """The settings of one generation call, JSON-able (they travel in the payload)."""
+    """The settings of one generation call, JSON-able (they travel in the payload).
+
+    ``height`` / ``width``: the requested image size in pixels. ``options``: the family's own call
+    arguments (`Family.options`, e.g. Flux's ``true_cfg_scale``), defaults filled in.
+    """
 
     prompt: list[str]
     negative_prompt: list[str] | None
@@ -41,6 +45,7 @@ class GenerationSettings:
     num_images_per_prompt: int
     height: int
     width: int
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -52,15 +57,18 @@ class DenoiseState:
     """Everything the loop needs to continue from timestep index ``step``.
 
     Attributes:
-        latents: (B, C, h, w) current latents.
+        latents: current latents in the denoiser's layout: (B, C, h, w); Flux: packed (B, N, 4C).
         step: index into ``timesteps`` of the next step to run.
         timesteps: (S,) the scheduler's timesteps (S = T for first-order schedulers).
-        prompt_embeds: (B or 2B, L, D) text embeddings, ``[negative, positive]`` when CFG is on.
-        timestep_cond: (B, D_w) guidance embedding for LCM-style UNets, else None.
+        cond: the text conditioning by name (`Family.encode`), CFG rows ``[negative; positive]``:
+            e.g. ``prompt_embeds`` (rows, L, D), ``add_text_embeds`` / ``pooled_prompt_embeds`` (rows, D).
+        derived: denoiser inputs recomputed from the settings (`Family.derived`): ``timestep_cond``,
+            ``add_time_ids``, RoPE ids, the guidance vector, ...
         generator: the random generator(s) the scheduler and decoder draw from.
-        carry: a UNet pass interrupted at a stage (`UNetChain`), else None.
+        carry: a denoiser pass interrupted at a stage (`UNetChain` / DiT chain), else None.
         carry_stage: the first stage the carry still has to run.
         scheduler: this generation's own scheduler object (``pipe.scheduler`` is never mutated).
+        family: the `Family` adapter of the pipeline.
     """
 
     settings: GenerationSettings
@@ -68,17 +76,28 @@ class DenoiseState:
     latents: torch.Tensor
     step: int
     timesteps: torch.Tensor
-    prompt_embeds: torch.Tensor
-    timestep_cond: torch.Tensor | None
+    cond: dict[str, torch.Tensor]
+    derived: dict[str, Any]
     generator: torch.Generator | list[torch.Generator] | None
     do_cfg: bool
-    carry: Carry | None = None
+    family: Family
+    carry: Any = None
     carry_stage: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        """(rows, L, D) the main text embeddings (``cond["prompt_embeds"]``)."""
+        return self.cond["prompt_embeds"]
+
+    @property
+    def timestep_cond(self) -> torch.Tensor | None:
+        """(B, D_w) LCM guidance embedding, or None."""
+        return self.derived.get("timestep_cond")
 
 
 # --------------------------------------------------------------------------------- inputs
@@ -104,32 +123,48 @@ def _check_generator(generator, batch_size: int):
     raise TypeError(f"generator: expected a torch.Generator or a list of them, got {type(generator).__name__}")
 
 
-def execution_device(pipe: StableDiffusionPipeline) -> torch.device:
-    """``execution_device(pipe)``, computed once per pipeline object and module placement.
+def execution_device(pipe) -> torch.device:
+    """``pipe._execution_device``, computed once per pipeline object and module placement.
 
     diffusers' property walks every module on each access (it looks for offloading hooks), which
-    costs more than a tiny UNet pass; the cache key is the UNet's current device.
+    costs more than a tiny denoiser pass; the cache key is the denoiser's current device.
     """
-    placement = next(pipe.unet.parameters()).device
+    placement = next(family_of(pipe).denoiser(pipe).parameters()).device
     cached = _DEVICE_CACHE.get(pipe)
     if cached is None or cached[0] != placement:
         cached = _DEVICE_CACHE[pipe] = (placement, pipe._execution_device)
     return cached[1]
 
 
-_DEVICE_CACHE: "weakref.WeakKeyDictionary[StableDiffusionPipeline, tuple]" = weakref.WeakKeyDictionary()
+_DEVICE_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
 
-def uses_cfg(pipe: StableDiffusionPipeline, guidance_scale: float) -> bool:
-    """Whether the pipeline batches unconditional + conditional passes (as diffusers decides)."""
-    return guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+def uses_cfg(pipe, settings_or_scale) -> bool:
+    """Whether the pipeline runs classifier-free guidance for these settings (as diffusers decides).
+
+    Accepts `GenerationSettings` or, for SD-type pipelines, a bare ``guidance_scale``.
+    """
+    family = family_of(pipe)
+    if not isinstance(settings_or_scale, GenerationSettings):
+        settings_or_scale = GenerationSettings([""], None, 1, float(settings_or_scale), 0.0, 0.0, 1, 8, 8,
+                                               dict(family.options))
+    return family.uses_cfg(pipe, settings_or_scale)
 
 
-def make_settings(pipe: StableDiffusionPipeline, prompt, *, num_inference_steps: int = 50,
-                  guidance_scale: float = 7.5, negative_prompt=None, num_images_per_prompt: int = 1,
-                  eta: float = 0.0, guidance_rescale: float = 0.0, height: int | None = None,
-                  width: int | None = None) -> GenerationSettings:
-    """Validate a call's arguments into `GenerationSettings` (errors name the argument)."""
+def make_settings(pipe, prompt, *, num_inference_steps: int = 50, guidance_scale: float | None = None,
+                  negative_prompt=None, num_images_per_prompt: int = 1, eta: float = 0.0,
+                  guidance_rescale: float = 0.0, height: int | None = None, width: int | None = None,
+                  **options) -> GenerationSettings:
+    """Validate a call's arguments into `GenerationSettings` (errors name the argument).
+
+    ``guidance_scale`` None takes the family's default (SD 7.5, SDXL 5, SD3 7, PixArt 4.5, Flux 3.5);
+    ``options`` are the family's own arguments (`Family.options`).
+    """
+    family = family_of(pipe)
+    unknown = sorted(set(options) - set(family.options))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not an argument of a {family.name} generation; "
+                        f"family options: {sorted(family.options) or 'none'}")
     prompts = _as_prompt_list(prompt)
     negatives = None
     if negative_prompt is not None:
@@ -142,131 +177,105 @@ def make_settings(pipe: StableDiffusionPipeline, prompt, *, num_inference_steps:
         raise ValueError(f"num_inference_steps: must be an int >= 1, got {num_inference_steps!r}")
     if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt: must be an int >= 1, got {num_images_per_prompt!r}")
+    if guidance_scale is None:
+        guidance_scale = family.default_guidance
     for name, value in (("guidance_scale", guidance_scale), ("eta", eta), ("guidance_rescale", guidance_rescale)):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name}: must be a finite number, got {value!r}")
-    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    for name, value in (("eta", eta), ("guidance_rescale", guidance_rescale)):
+        if value and name not in family.supports:
+            raise ValueError(f"{name}: a {family.name} pipeline does not use it; leave it at 0")
+    multiple = family.size_multiple(pipe)
+    default = family.default_size(pipe)
     height, width = height or default, width or default
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < pipe.vae_scale_factor or value % pipe.vae_scale_factor:
-            raise ValueError(f"{name}: must be a positive multiple of {pipe.vae_scale_factor}, got {value!r}")
+        if not isinstance(value, int) or value < multiple or value % multiple:
+            raise ValueError(f"{name}: must be a positive multiple of {multiple}, got {value!r}")
+    merged = family.check_options(pipe, {**family.options, **options})
     return GenerationSettings(prompts, negatives, num_inference_steps, float(guidance_scale),
-                              float(guidance_rescale), float(eta), num_images_per_prompt, height, width)
+                              float(guidance_rescale), float(eta), num_images_per_prompt, height, width,
+                              _jsonable(merged))
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 # ---------------------------------------------------------------------------- the loop
-def encode_prompts(pipe: StableDiffusionPipeline, settings: GenerationSettings) -> torch.Tensor:
-    """Text embeddings as the pipeline builds them: ``[negative; positive]`` when CFG is on."""
-    do_cfg = uses_cfg(pipe, settings.guidance_scale)
-    embeds, negative = pipe.encode_prompt(settings.prompt, execution_device(pipe), settings.num_images_per_prompt,
-                                          do_cfg, settings.negative_prompt)
-    return torch.cat([negative, embeds]) if do_cfg else embeds
+def encode_prompts(pipe, settings: GenerationSettings) -> dict[str, torch.Tensor]:
+    """The text conditioning as the pipeline builds it (`Family.encode`): name -> tensor."""
+    return family_of(pipe).encode(pipe, settings, execution_device(pipe))
 
 
-def guidance_embedding(pipe: StableDiffusionPipeline, settings: GenerationSettings, dtype) -> torch.Tensor | None:
-    """The LCM-style guidance-scale embedding, for UNets with ``time_cond_proj_dim`` (else None)."""
-    dim = pipe.unet.config.time_cond_proj_dim
-    if dim is None:
-        return None
-    w = torch.tensor(settings.guidance_scale - 1).repeat(settings.batch_size)
-    return pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(device=execution_device(pipe), dtype=dtype)
+def new_state(pipe, settings: GenerationSettings, scheduler, latents: torch.Tensor, step: int,
+              cond: dict[str, torch.Tensor], generator) -> DenoiseState:
+    """A `DenoiseState` with the family's derived inputs computed (either side of the link)."""
+    family = family_of(pipe)
+    derived = family.derived(pipe, settings, cond, latents.dtype, execution_device(pipe))
+    return DenoiseState(settings=settings, scheduler=scheduler, latents=latents, step=step,
+                        timesteps=scheduler.timesteps, cond=cond, derived=derived, generator=generator,
+                        do_cfg=family.uses_cfg(pipe, settings), family=family)
 
 
-def prepare(pipe: StableDiffusionPipeline, settings: GenerationSettings, generator=None,
-            latents: torch.Tensor | None = None) -> DenoiseState:
+def prepare(pipe, settings: GenerationSettings, generator=None, latents: torch.Tensor | None = None) -> DenoiseState:
     """Everything before the first denoising step: text, timesteps, initial noise (pipeline order)."""
+    family = family_of(pipe)
     generator = _check_generator(generator, settings.batch_size)
-    prompt_embeds = encode_prompts(pipe, settings)
+    cond = encode_prompts(pipe, settings)
     device = execution_device(pipe)
-    scheduler = fresh_scheduler(pipe, settings.num_inference_steps)
-    shape = (settings.batch_size, pipe.unet.config.in_channels, settings.height // pipe.vae_scale_factor,
-             settings.width // pipe.vae_scale_factor)
-    if latents is None:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
-    elif not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+    scheduler = fresh_scheduler(pipe, settings)
+    shape = family.latent_shape(pipe, settings)
+    if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape):
         raise ValueError(f"latents: expected a tensor of shape {shape}, got {getattr(latents, 'shape', type(latents))}")
-    else:
-        latents = latents.to(device)
-    latents = latents * scheduler.init_noise_sigma  # as StableDiffusionPipeline.prepare_latents
-    return DenoiseState(settings=settings, scheduler=scheduler, latents=latents, step=0, timesteps=scheduler.timesteps,
-                        prompt_embeds=prompt_embeds, timestep_cond=guidance_embedding(pipe, settings, latents.dtype),
-                        generator=generator, do_cfg=uses_cfg(pipe, settings.guidance_scale))
+    latents = family.prepare_latents(pipe, settings, scheduler, generator, latents, cond["prompt_embeds"].dtype, device)
+    return new_state(pipe, settings, scheduler, latents, 0, cond, generator)
 
 
-def _model_input(state: DenoiseState, t) -> torch.Tensor:
-    x = torch.cat([state.latents] * 2) if state.do_cfg else state.latents
-    if hasattr(state.scheduler, "scale_model_input"):
-        x = state.scheduler.scale_model_input(x, t)
-    return x
-
-
-def _finish_step(pipe, state: DenoiseState, noise_pred: torch.Tensor, t) -> None:
-    s = state.settings
-    if state.do_cfg:
-        noise_uncond, noise_text = noise_pred.chunk(2)
-        noise_pred = noise_uncond + s.guidance_scale * (noise_text - noise_uncond)
-        if s.guidance_rescale > 0.0:
-            noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale=s.guidance_rescale)
-    kwargs = step_kwargs(state.scheduler, state.generator, s.eta)
-    state.latents = state.scheduler.step(noise_pred, t, state.latents, **kwargs, return_dict=False)[0]
+def _finish_step(pipe, state: DenoiseState, pred: torch.Tensor, t) -> None:
+    state.latents = state.family.step(pipe, state, pred, t)
     state.step += 1
     state.carry, state.carry_stage = None, 0
 
 
-@functools.lru_cache(maxsize=64)
-def _step_parameters(step_function) -> frozenset[str]:
-    return frozenset(inspect.signature(step_function).parameters)
-
-
-def step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
-    """``eta`` / ``generator`` for schedulers whose ``step`` takes them (as the pipeline passes them)."""
-    params = _step_parameters(type(scheduler).step)
-    kwargs: dict[str, Any] = {}
-    if "eta" in params:
-        kwargs["eta"] = eta
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs
-
-
 @torch.no_grad()
-def denoise(pipe: StableDiffusionPipeline, state: DenoiseState, stop: int | None = None,
-            stop_stage: int | None = None, chain: UNetChain | None = None) -> DenoiseState:
+def denoise(pipe, state: DenoiseState, stop: int | None = None, stop_stage: int | None = None,
+            chain=None) -> DenoiseState:
     """Run denoising steps ``[state.step, stop)``; optionally also stages ``[0, stop_stage)`` of step ``stop``.
 
-    With ``stop_stage`` the UNet pass of step ``stop`` is cut inside (see `UNetChain`): the state then
-    holds the carry, and the next call finishes that pass first. Mutates and returns ``state``.
+    With ``stop_stage`` the denoiser pass of step ``stop`` is cut inside (`UNetChain` or a DiT chain,
+    from `Family.chain`): the state then holds the carry, and the next call finishes that pass first.
+    Mutates and returns ``state``.
     """
+    family = state.family
     n = state.num_steps
     stop = n if stop is None else stop
     if not isinstance(stop, int) or not state.step <= stop <= n:
         raise ValueError(f"stop: must be an int in [{state.step}, {n}], got {stop!r}")
     if chain is None and (stop_stage is not None or state.carry is not None):
-        chain = UNetChain(pipe.unet)
+        chain = family.chain(pipe)
+        if chain is None:
+            raise ValueError(f"stop_stage: a {family.name} denoiser cannot be cut inside a pass")
     if stop_stage is not None:
         if not isinstance(stop_stage, int) or not 0 <= stop_stage <= len(chain):
             raise ValueError(f"stop_stage: must be an int in [0, {len(chain)}], got {stop_stage!r}")
         if stop_stage and stop == n:
             raise ValueError(f"stop_stage: there is no step {stop} to cut inside (only {n} steps)")
-    unet_kwargs = dict(encoder_hidden_states=state.prompt_embeds, timestep_cond=state.timestep_cond)
-    if state.carry is not None:  # finish an interrupted UNet pass
+    if state.carry is not None:  # finish an interrupted denoiser pass
         t = state.timesteps[state.step]
-        noise_pred = chain.run(state.carry, state.carry_stage).hidden
-        _finish_step(pipe, state, noise_pred, t)
+        output = chain.run(state.carry, state.carry_stage).hidden
+        _finish_step(pipe, state, family.guide(pipe, state, output), t)
     while state.step < stop:
         t = state.timesteps[state.step]
-        noise_pred = pipe.unet(_model_input(state, t), t, cross_attention_kwargs=None,
-                               added_cond_kwargs=None, return_dict=False, **unet_kwargs)[0]
-        _finish_step(pipe, state, noise_pred, t)
+        _finish_step(pipe, state, family.predict(pipe, state, t), t)
     if stop_stage:
         t = state.timesteps[state.step]
-        carry = chain.start(_model_input(state, t), t, **unet_kwargs)
+        carry = chain.start(**family.model_kwargs(pipe, state, t))
         state.carry, state.carry_stage = chain.run(carry, 0, stop_stage), stop_stage
     return state
 
 
 @torch.no_grad()
-def decode(pipe: StableDiffusionPipeline, state: DenoiseState, output_type: str = "pil"):
+def decode(pipe, state: DenoiseState, output_type: str = "pil"):
     """VAE-decode and post-process finished latents exactly as the pipeline does."""
     if state.step != state.num_steps or state.carry is not None:
         raise ValueError(f"state: only {state.step} of {state.num_steps} steps are done; finish denoising first")
@@ -274,17 +283,14 @@ def decode(pipe: StableDiffusionPipeline, state: DenoiseState, output_type: str 
         raise ValueError(f"output_type: expected 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
     if output_type == "latent":
         return state.latents
-    image = pipe.vae.decode(state.latents / pipe.vae.config.scaling_factor, return_dict=False,
-                            generator=state.generator)[0]
-    return pipe.image_processor.postprocess(image, output_type=output_type,
-                                            do_denormalize=[True] * image.shape[0])
+    return state.family.decode(pipe, state, output_type)
 
 
 # ------------------------------------------------------------------ scheduler state
-def fresh_scheduler(pipe: StableDiffusionPipeline, num_inference_steps: int):
-    """A new scheduler like ``pipe.scheduler``, set up for ``num_inference_steps`` as the pipeline does."""
+def fresh_scheduler(pipe, settings: GenerationSettings):
+    """A new scheduler like ``pipe.scheduler``, set up for ``settings`` as the pipeline does (`Family.set_timesteps`)."""
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    retrieve_timesteps(scheduler, num_inference_steps, execution_device(pipe))
+    family_of(pipe).set_timesteps(pipe, scheduler, settings, execution_device(pipe))
     return scheduler
 
 
@@ -310,9 +316,9 @@ def scheduler_state(scheduler, reference) -> dict[str, Any]:
             if k not in ("_internal_dict", "config") and (k not in ref or not _same(v, ref[k]))}
 
 
-def restore_scheduler(pipe: StableDiffusionPipeline, num_inference_steps: int, state: dict[str, Any]):
-    """A fresh scheduler like ``pipe.scheduler`` for ``num_inference_steps`` with ``state`` applied."""
-    scheduler = fresh_scheduler(pipe, num_inference_steps)
+def restore_scheduler(pipe, settings: GenerationSettings, state: dict[str, Any]):
+    """A fresh scheduler like ``pipe.scheduler`` for ``settings`` with ``state`` applied."""
+    scheduler = fresh_scheduler(pipe, settings)
     for key, value in state.items():
         setattr(scheduler, key, value)
     return scheduler

@@ -1,15 +1,24 @@
 """`SplitPipeline`: one text-to-image generation split between an edge server (ES) and a device (UE).
 
+Every family in `splitldm.pipeline.families` splits the same way: SD 1.x/2.x, SDXL, SD3, PixArt-alpha /
+sigma and Flux (`supported_pipelines()`); what differs between them is a small `Family` adapter.
+
 ::
 
     split = SplitPipeline(pipe, split_step=4, link=Link([...]))
     payload = split.edge("a red circle", num_inference_steps=8, generator=g)   # ES: text + steps [0, 4)
     images = split.device(split.link(payload))                                 # UE: steps [4, 8) + VAE
 
-With ``split_stage=c`` the cut is inside the UNet pass of step ``split_step``: the ES also runs its
-stages ``[0, c)`` and the carry (hidden state, skip stack, embeddings) crosses instead (see
-`UNetChain.cut_table` for what that costs). With an ideal link the images equal
-``pipe(prompt, generator=<same seed>, ...)`` bit for bit, for any scheduler.
+With ``split_stage=c`` the cut is inside the denoiser pass of step ``split_step``: the ES also runs its
+stages ``[0, c)`` and the carry (hidden state, skip stack / text stream, embeddings) crosses instead
+(see `UNetChain.cut_table` for what that costs). With an ideal link the images equal
+``pipe(prompt, generator=<same seed>, ...)`` bit for bit, for any scheduler the family supports.
+
+What the condition modes cost (`SplitPipeline.condition_bits`, per image, fp32, CFG doubles the rows):
+``"prompt"`` sends the prompt text (a few bytes); ``"embeddings"`` sends the text-encoder outputs:
+SD-1.5 77 x 768 (1.9 Mbit), SDXL 77 x 2048 + 1280 pooled (5.1 Mbit), SD3 (77 + 256) x 4096 + 2048
+pooled (43.7 Mbit), PixArt-alpha 120 x 4096 + mask (15.7 Mbit; sigma 300 tokens: 39.3 Mbit), Flux
+512 x 4096 + 768 pooled (67.1 Mbit): for the T5 families the embeddings outweigh the latents by far.
 """
 
 from __future__ import annotations
@@ -21,12 +30,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
 from splitldm.pipeline.chain import Carry, UNetChain
 from splitldm.link.stack import Link
 from splitldm.link.payload import Payload, PayloadError
+from splitldm.pipeline.families import Family, family_of, supported_pipelines
 from splitldm.pipeline.sampling import (
     DenoiseState,
     GenerationSettings,
@@ -37,14 +46,13 @@ from splitldm.pipeline.sampling import (
     fresh_scheduler,
     generator_states,
     generators_from_states,
-    guidance_embedding,
     make_settings,
+    new_state,
     pack_value,
     prepare,
     restore_scheduler,
     scheduler_state,
     unpack_value,
-    uses_cfg,
 )
 
 CONDITIONS = ("prompt", "embeddings")
@@ -64,14 +72,19 @@ def _tensor_digest(h, t: torch.Tensor | None) -> None:
         h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
 
 
-def latent_space_fingerprint(pipe: StableDiffusionPipeline) -> str:
-    """A short hash of what two pipelines must share to hand latents over: VAE and text encoder."""
+def latent_space_fingerprint(pipe) -> str:
+    """A short hash of what two pipelines must share to hand latents over: VAE and text encoder(s)."""
+    family = family_of(pipe)
     h = hashlib.sha256()
+    h.update(family.name.encode())
     _config_digest(h, pipe.vae.config)
-    _config_digest(h, pipe.text_encoder.config)
-    for t in (getattr(pipe.vae.post_quant_conv, "weight", None), pipe.vae.decoder.conv_in.weight,
-              pipe.text_encoder.get_input_embeddings().weight[:16]):
+    for te in family.text_encoders(pipe):
+        _config_digest(h, te.config)
+    for t in (getattr(pipe.vae.post_quant_conv, "weight", None) if pipe.vae.post_quant_conv is not None else None,
+              pipe.vae.decoder.conv_in.weight):
         _tensor_digest(h, t)
+    for te in family.text_encoders(pipe):
+        _tensor_digest(h, te.get_input_embeddings().weight[:16])
     return h.hexdigest()[:16]
 
 
@@ -91,20 +104,39 @@ def handoff_timesteps(scheduler, t_start: int, num_steps: int) -> list[int]:
     return [below[i] for i in picks]
 
 
-def model_fingerprint(pipe: StableDiffusionPipeline) -> str:
+def handoff_sigmas(scheduler, sigma_start: float, num_steps: int) -> list[float]:
+    """``num_steps`` flow-matching sigmas for a device-side scheduler, the first one ``sigma_start``.
+
+    The spacing is Flux's (``linspace(s, s / n, n)``); the scheduler's fixed ``shift`` is inverted
+    first, so after `set_timesteps` applies it the schedule starts exactly at ``sigma_start``.
+    Schedulers with dynamic shifting are refused (their shift depends on the image size).
+    """
+    if scheduler.config.get("use_dynamic_shifting", False):
+        raise ValueError("device_pipe: a flow-matching scheduler with use_dynamic_shifting cannot start from a "
+                         "given sigma; use a fixed shift (e.g. Flux-schnell's shift=1)")
+    if not 0 < sigma_start <= 1:
+        raise PayloadError(f"payload: next_sigma {sigma_start} is not in (0, 1]")
+    shift = float(scheduler.config.get("shift", 1.0))
+    targets = [sigma_start * (1 - i / num_steps) for i in range(num_steps)]
+    return [y / (shift - (shift - 1) * y) for y in targets]
+
+
+def model_fingerprint(pipe) -> str:
     """A short hash identifying a pipeline's models: configs plus a few weight tensors.
 
-    Cheap even for SD-1.5 (a handful of small tensors are hashed, not all weights); two pipelines
-    with the same fingerprint produce the same latents for the same inputs.
+    Cheap even for large models (a handful of small tensors are hashed, not all weights); two
+    pipelines with the same fingerprint produce the same latents for the same inputs.
     """
+    family = family_of(pipe)
+    denoiser = family.denoiser(pipe)
     h = hashlib.sha256()
-    for config in (pipe.unet.config, pipe.vae.config, pipe.text_encoder.config):
-        _config_digest(h, config)
-    unet = pipe.unet
-    for t in (unet.conv_in.weight, unet.conv_in.bias, unet.conv_out.weight, unet.conv_out.bias,
-              unet.time_embedding.linear_1.bias, getattr(pipe.vae.post_quant_conv, "weight", None),
-              pipe.text_encoder.get_input_embeddings().weight[:16]):
+    h.update(latent_space_fingerprint(pipe).encode())
+    _config_digest(h, denoiser.config)
+    params = [p for p in denoiser.parameters()]
+    for t in params[:2] + params[-2:]:
         _tensor_digest(h, t)
+    if family.name in ("sd", "sdxl"):  # as before: the time embedding's bias too
+        _tensor_digest(h, denoiser.time_embedding.linear_1.bias)
     return h.hexdigest()[:16]
 
 
@@ -124,17 +156,24 @@ def _payload_generator(meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
 
 
 def _received_conditioning(pipe, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
-                           settings: GenerationSettings, latents: torch.Tensor) -> torch.Tensor:
-    """Check the received latents and return the text embeddings the device conditions on."""
+                           settings: GenerationSettings, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Check the received latents and return the text conditioning the device uses."""
     if not torch.isfinite(latents).all():
         raise PayloadError("payload: latents contain NaN or inf")
     if meta["condition"] == "prompt":
         return encode_prompts(pipe, settings)
-    prompt_embeds = tensors["prompt_embeds"].to(execution_device(pipe))
-    rows = settings.batch_size * (2 if uses_cfg(pipe, settings.guidance_scale) else 1)
-    if prompt_embeds.shape[0] != rows:
-        raise PayloadError(f"payload: prompt_embeds batch {prompt_embeds.shape[0]} != {rows}")
-    return prompt_embeds
+    family, device = family_of(pipe), execution_device(pipe)
+    cond = {}
+    for name, (shape, dtype) in family.condition_shapes(pipe, settings).items():
+        if name not in tensors:
+            raise PayloadError(f"payload: conditioning tensor {name!r} is missing")
+        value = tensors[name]
+        if tuple(value.shape) != tuple(shape):
+            what = "batch" if value.shape[:1] != shape[:1] else "shape"
+            raise PayloadError(f"payload: {name} {what} {tuple(value.shape)} != {tuple(shape)}")
+        wire = meta.get("cond_dtypes", {}).get(name)
+        cond[name] = value.to(device, getattr(torch, wire)) if wire else value.to(device)
+    return cond
 
 
 @dataclass
@@ -152,56 +191,60 @@ class SplitOutput:
 
 
 class SplitPipeline:
-    """A `StableDiffusionPipeline` split at denoising step ``split_step`` (and optionally UNet stage).
+    """A diffusers pipeline split at denoising step ``split_step`` (and optionally a denoiser stage).
 
     Args:
-        pipe: any diffusers `StableDiffusionPipeline` (used as is; its scheduler is never mutated).
+        pipe: a diffusers pipeline of a supported family (`supported_pipelines()`: SD, SDXL, SD3,
+            PixArt-alpha / sigma, Flux); used as is, its scheduler is never mutated. Others: TypeError.
         split_step: k: the ES runs steps ``[0, k)``, the UE ``[k, T)``; 0 <= k <= T (checked per call).
         link: the `Link` between them (default: ideal).
-        split_stage: cut inside step k's UNet pass before this `UNetChain` stage (1 .. len-1), or None.
+        split_stage: cut inside step k's denoiser pass before this chain stage (1 .. len-1), or None.
         condition: what the UE conditions on: ``"prompt"`` sends the prompt text and the UE runs its
-            own text encoder (a few bytes); ``"embeddings"`` sends the text embeddings (no text
-            encoder on the UE, but (B, L, D) floats cross).
+            own text encoder(s) (a few bytes); ``"embeddings"`` sends the text conditioning tensors (no
+            text encoder on the UE, but they are large: see `condition_bits`).
         device_pipe: the UE's pipeline; default ``pipe``. Without ``device_steps`` it must hold the
             same models (checked by `model_fingerprint`) and the result is exact.
         device_steps: hand over to a *different* UE model (e.g. a distilled LCM student sharing the
             VAE and text encoder, checked by `latent_space_fingerprint`): the UE continues from the
             ES's current timestep with ``device_steps`` steps of its own scheduler (which must accept
-            custom timesteps: LCM, Euler, DPM-Solver++). Not exact, by design: dynamic diffusion.
+            custom timesteps: LCM, Euler, DPM-Solver++, flow-matching Euler). Not exact, by design.
         generator_state: how the UE gets its random numbers (ancestral / LCM schedulers draw noise):
             ``"full"`` sends the generator state (exact; 5,056 bytes for a CPU generator),
             ``"seed"`` sends a 64-bit seed drawn from the ES's generator (reproducible, 8 bytes, but
             not the unsplit pipeline's noise), ``"none"`` sends nothing (deterministic schedulers).
     """
 
-    def __init__(self, pipe: StableDiffusionPipeline, split_step: int = 0, link: Link | None = None,
+    def __init__(self, pipe, split_step: int = 0, link: Link | None = None,
                  split_stage: int | None = None, condition: str = "prompt",
-                 device_pipe: StableDiffusionPipeline | None = None, device_steps: int | None = None,
-                 generator_state: str = "full"):
-        if not isinstance(pipe, StableDiffusionPipeline):
-            raise TypeError(f"pipe: expected a diffusers StableDiffusionPipeline, got {type(pipe).__name__}")
+                 device_pipe=None, device_steps: int | None = None, generator_state: str = "full"):
+        self.family: Family = family_of(pipe)
         if not isinstance(split_step, int) or isinstance(split_step, bool) or split_step < 0:
             raise ValueError(f"split_step: must be an int >= 0, got {split_step!r}")
-        self.chain = UNetChain(pipe.unet)
-        if split_stage is not None and (not isinstance(split_stage, int) or not 1 <= split_stage < len(self.chain)):
-            raise ValueError(f"split_stage: must be None or an int in [1, {len(self.chain) - 1}] "
-                             f"(stages {self.chain.names}), got {split_stage!r}")
+        self.chain = self.family.chain(pipe)
+        if split_stage is not None:
+            if self.chain is None:
+                raise ValueError(f"split_stage: a {self.family.name} denoiser cannot be cut inside a pass here")
+            if not isinstance(split_stage, int) or not 1 <= split_stage < len(self.chain):
+                raise ValueError(f"split_stage: must be None or an int in [1, {len(self.chain) - 1}] "
+                                 f"(stages {self.chain.names}), got {split_stage!r}")
         if link is not None and not isinstance(link, Link):
             raise TypeError(f"link: expected a splitldm.Link, got {type(link).__name__}")
         if condition not in CONDITIONS:
             raise ValueError(f"condition: expected one of {CONDITIONS}, got {condition!r}")
-        if device_pipe is not None and not isinstance(device_pipe, StableDiffusionPipeline):
-            raise TypeError(f"device_pipe: expected a StableDiffusionPipeline, got {type(device_pipe).__name__}")
+        if device_pipe is not None and family_of(device_pipe, "device_pipe") is not self.family:
+            raise TypeError(f"device_pipe: a {family_of(device_pipe).name} pipeline cannot continue a "
+                            f"{self.family.name} generation")
         if device_steps is not None:
             if not isinstance(device_steps, int) or isinstance(device_steps, bool) or device_steps < 1:
                 raise ValueError(f"device_steps: must be None or an int >= 1, got {device_steps!r}")
             if split_stage is not None:
-                raise ValueError("split_stage: a cut inside a UNet pass cannot hand over to another model "
+                raise ValueError("split_stage: a cut inside a denoiser pass cannot hand over to another model "
                                  "(device_steps is set)")
             scheduler = (device_pipe or pipe).scheduler
-            if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+            params = inspect.signature(scheduler.set_timesteps).parameters
+            if "timesteps" not in params and "sigmas" not in params:
                 raise ValueError(f"device_pipe: its scheduler {type(scheduler).__name__} cannot start from an "
-                                 "arbitrary timestep; use LCM, Euler or DPM-Solver++ on the device")
+                                 "arbitrary timestep; use LCM, Euler, DPM-Solver++ or flow-matching Euler on the device")
         if generator_state not in GENERATOR_STATES:
             raise ValueError(f"generator_state: expected one of {GENERATOR_STATES}, got {generator_state!r}")
         self.generator_state = generator_state
@@ -214,32 +257,49 @@ class SplitPipeline:
         self.condition = condition
         self._fingerprints: dict[int, str] = {}
 
-    def fingerprint(self, pipe: StableDiffusionPipeline) -> str:
+    def fingerprint(self, pipe) -> str:
         key = id(pipe)
         if key not in self._fingerprints:
             self._fingerprints[key] = model_fingerprint(pipe)
         return self._fingerprints[key]
 
+    def condition_bits(self, prompt, **kwargs) -> dict[str, int]:
+        """What each condition mode makes cross for this call, in bits (payload data, no header).
+
+        ``"prompt"``: the UTF-8 JSON of the prompt and negative prompt lists (as in the payload
+        meta); ``"embeddings"``: the conditioning tensors (`Family.condition_shapes`, fp32 -> 32 bits
+        a value, masks 8). Computed from the configs: no text encoder runs. ``kwargs`` as `edge`.
+        """
+        kwargs.pop("generator", None)
+        kwargs.pop("latents", None)
+        settings = make_settings(self.pipe, prompt, **kwargs)
+        text = json.dumps([settings.prompt, settings.negative_prompt])
+        return {"prompt": 8 * len(text.encode()), "embeddings": self.family.condition_bits(self.pipe, settings)}
+
     # ------------------------------------------------------------------ ES
     @torch.no_grad()
-    def edge(self, prompt, *, num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt=None,
-             num_images_per_prompt: int = 1, eta: float = 0.0, guidance_rescale: float = 0.0,
+    def edge(self, prompt, *, num_inference_steps: int = 50, guidance_scale: float | None = None,
+             negative_prompt=None, num_images_per_prompt: int = 1, eta: float = 0.0, guidance_rescale: float = 0.0,
              generator=None, height: int | None = None, width: int | None = None,
-             latents: torch.Tensor | None = None) -> Payload:
+             latents: torch.Tensor | None = None, **options) -> Payload:
         """ES side: encode the text, run steps ``[0, split_step)`` (and stages ``[0, split_stage)``).
 
-        Arguments as `StableDiffusionPipeline.__call__`. Returns the `Payload` to send.
+        Arguments as the pipeline's ``__call__`` (``guidance_scale`` None: the family's default;
+        ``options``: the family's own arguments, `Family.options`). Returns the `Payload` to send.
         """
         pipe = self.pipe
         settings = make_settings(pipe, prompt, num_inference_steps=num_inference_steps,
                                  guidance_scale=guidance_scale, negative_prompt=negative_prompt,
                                  num_images_per_prompt=num_images_per_prompt, eta=eta,
-                                 guidance_rescale=guidance_rescale, height=height, width=width)
+                                 guidance_rescale=guidance_rescale, height=height, width=width, **options)
         state = prepare(pipe, settings, generator, latents)
         k = self.split_step
         if k > state.num_steps or (k == state.num_steps and self.split_stage is not None):
             raise ValueError(f"split_step: must be <= {state.num_steps} (the number of timesteps)"
                              f"{' and < it when split_stage is set' if self.split_stage else ''}, got {k}")
+        if self.split_stage is not None and type(self.family).predict is not Family.predict and state.do_cfg:
+            raise ValueError(f"split_stage: a {self.family.name} step with true CFG runs two denoiser passes; "
+                             "cut between steps instead")
         denoise(pipe, state, stop=k, stop_stage=self.split_stage, chain=self.chain)
         return self._pack(state)
 
@@ -247,13 +307,16 @@ class SplitPipeline:
         pipe, settings = self.pipe, state.settings
         tensors: dict[str, torch.Tensor] = {"latents": state.latents.detach().cpu()}
         primary = ["latents"]
-        reference = fresh_scheduler(pipe, settings.num_inference_steps)
+        reference = fresh_scheduler(pipe, settings)
         sched = pack_value(scheduler_state(state.scheduler, reference), "scheduler", tensors)
+        next_t = state.timesteps[state.step] if state.step < state.num_steps else None
         meta: dict[str, Any] = {
             "kind": "splitldm.split",
+            "family": self.family.name,
             "model": self.fingerprint(pipe),
             "latent_space": latent_space_fingerprint(pipe),
-            "next_timestep": int(state.timesteps[state.step]) if state.step < state.num_steps else -1,
+            "next_timestep": -1 if next_t is None else (int(next_t) if not next_t.is_floating_point()
+                                                        or float(next_t).is_integer() else float(next_t)),
             "scheduler": type(state.scheduler).__name__,
             "scheduler_state": sched,
             "step": state.step,
@@ -262,10 +325,22 @@ class SplitPipeline:
             "settings": asdict(settings),
             "dtype": str(state.latents.dtype).removeprefix("torch."),
         }
+        if next_t is not None and hasattr(state.scheduler, "sigmas") and getattr(state.scheduler.config, "use_flow_sigmas", True) \
+                and type(state.scheduler).__name__.startswith("FlowMatch"):
+            meta["next_sigma"] = float(state.scheduler.sigmas[state.step])
         if self.condition == "embeddings":
-            tensors["prompt_embeds"] = state.prompt_embeds.detach().cpu()
+            wire = {}
+            for name, value in state.cond.items():
+                value = value.detach().cpu()
+                if not value.is_floating_point() and value.numel() and bool(((value == 0) | (value == 1)).all()):
+                    wire[name] = str(value.dtype).removeprefix("torch.")
+                    value = value.bool()  # attention masks: 8 bits an entry instead of 64
+                tensors[name] = value
+            if wire:
+                meta["cond_dtypes"] = wire
             meta["settings"]["prompt"] = [""] * len(settings.prompt)  # the text itself need not cross
-            meta["settings"]["negative_prompt"] = None
+            if settings.negative_prompt is not None:  # its presence matters (Flux true CFG), not its text
+                meta["settings"]["negative_prompt"] = [""] * len(settings.negative_prompt)
         if state.generator is not None and self.generator_state != "none":
             gens = state.generator if isinstance(state.generator, list) else [state.generator]
             meta["generator"] = {"devices": [str(g.device) for g in gens], "list": isinstance(state.generator, list)}
@@ -276,7 +351,7 @@ class SplitPipeline:
                                               for g in gens]
         if state.carry is not None:
             carry_tensors = state.carry.tensors()
-            if self.condition == "prompt":
+            if self.condition == "prompt" and isinstance(self.chain, UNetChain):
                 carry_tensors.pop("encoder_hidden_states", None)  # the UE recomputes it from the prompt
             tensors.update({f"carry.{k}": v.detach().cpu() for k, v in carry_tensors.items()})
             primary += [f"carry.{k}" for k in carry_tensors if k == "hidden" or k.startswith("skip.")]
@@ -288,8 +363,15 @@ class SplitPipeline:
     def device(self, payload: Payload, output_type: str = "pil"):
         """UE side: finish the denoising steps from the (received) payload and decode the images."""
         state = self._unpack(payload)
-        denoise(self.device_pipe, state, chain=UNetChain(self.device_pipe.unet))
+        chain = self.chain if self.device_pipe is self.pipe else self.family.chain(self.device_pipe)
+        denoise(self.device_pipe, state, chain=chain)
         return decode(self.device_pipe, state, output_type)
+
+    def _settings(self, meta: dict[str, Any]) -> GenerationSettings:
+        try:
+            return GenerationSettings(**meta["settings"])
+        except (KeyError, TypeError) as exc:
+            raise PayloadError(f"payload: incomplete ({exc})") from exc
 
     def _unpack(self, payload: Payload) -> DenoiseState:
         if not isinstance(payload, Payload):
@@ -297,6 +379,8 @@ class SplitPipeline:
         pipe, meta, tensors = self.device_pipe, payload.meta, payload.tensors
         if meta.get("kind") != "splitldm.split":
             raise PayloadError("payload: not a SplitPipeline payload (meta['kind'] missing)")
+        if meta.get("family", "sd") != self.family.name:
+            raise PayloadError(f"payload: made by a {meta.get('family')} pipeline, this device runs {self.family.name}")
         if self.device_steps is not None:
             return self._unpack_handoff(payload)
         if meta.get("model") != self.fingerprint(pipe):
@@ -305,34 +389,32 @@ class SplitPipeline:
         if meta.get("scheduler") != type(pipe.scheduler).__name__:
             raise PayloadError(f"payload: made with scheduler {meta.get('scheduler')}, this device uses "
                                f"{type(pipe.scheduler).__name__}")
-        try:
-            settings = GenerationSettings(**meta["settings"])
-            latents = tensors["latents"]
-        except (KeyError, TypeError) as exc:
-            raise PayloadError(f"payload: incomplete ({exc})") from exc
-        device, dtype = execution_device(pipe), pipe.unet.dtype
-        expected = (settings.batch_size, pipe.unet.config.in_channels,
-                    settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-        if tuple(latents.shape) != expected:
+        settings = self._settings(meta)
+        if "latents" not in tensors:
+            raise PayloadError("payload: incomplete ('latents' missing)")
+        latents = tensors["latents"]
+        device, dtype = execution_device(pipe), self.family.denoiser(pipe).dtype
+        expected = self.family.latent_shape(pipe, settings)
+        if tuple(latents.shape) != tuple(expected):
             raise PayloadError(f"payload: latents of shape {tuple(latents.shape)} do not match the settings "
-                               f"(batch {settings.batch_size}: expected {expected})")
-        prompt_embeds = _received_conditioning(pipe, meta, tensors, settings, latents)
-        scheduler = restore_scheduler(pipe, settings.num_inference_steps,
-                                      unpack_value(meta["scheduler_state"], tensors, device))
-        generator = _payload_generator(meta, tensors)
-        state = DenoiseState(settings=settings, scheduler=scheduler, latents=latents.to(device, dtype),
-                             step=int(meta["step"]), timesteps=scheduler.timesteps, prompt_embeds=prompt_embeds,
-                             timestep_cond=guidance_embedding(pipe, settings, dtype), generator=generator,
-                             do_cfg=uses_cfg(pipe, settings.guidance_scale))
+                               f"(batch {settings.batch_size}: expected {tuple(expected)})")
+        cond = _received_conditioning(pipe, meta, tensors, settings, latents)
+        scheduler = restore_scheduler(pipe, settings, unpack_value(meta["scheduler_state"], tensors, device))
+        state = new_state(pipe, settings, scheduler, latents.to(device, dtype), int(meta["step"]), cond,
+                          _payload_generator(meta, tensors))
         if state.num_steps != meta["num_steps"] or not 0 <= state.step <= state.num_steps:
             raise PayloadError(f"payload: step {state.step} of {meta['num_steps']} does not fit this scheduler "
                                f"({state.num_steps} timesteps)")
         if "carry" in meta:
+            chain = self.chain if pipe is self.pipe else self.family.chain(pipe)
             carry_tensors = {k[len("carry."):]: v.to(device) for k, v in tensors.items() if k.startswith("carry.")}
-            if "encoder_hidden_states" not in carry_tensors:
-                carry_tensors["encoder_hidden_states"] = pipe.unet.process_encoder_hidden_states(
-                    encoder_hidden_states=prompt_embeds, added_cond_kwargs=None)
-            state.carry = Carry.from_tensors(carry_tensors, meta["carry"]["layout"])
+            if isinstance(chain, UNetChain):
+                if "encoder_hidden_states" not in carry_tensors:
+                    carry_tensors["encoder_hidden_states"] = pipe.unet.process_encoder_hidden_states(
+                        encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=None)
+                state.carry = Carry.from_tensors(carry_tensors, meta["carry"]["layout"])
+            else:
+                state.carry = chain.carry_from_tensors(carry_tensors, meta["carry"]["layout"])
             state.carry_stage = int(meta["carry"]["stage"])
         return state
 
@@ -341,27 +423,29 @@ class SplitPipeline:
         if meta.get("latent_space") != latent_space_fingerprint(pipe):
             raise PayloadError("payload: made by a model with a different VAE / text encoder than this device's")
         if "carry" in meta:
-            raise PayloadError("payload: a cut inside a UNet pass cannot be handed over to another model")
-        settings = GenerationSettings(**meta["settings"])
-        device, dtype = execution_device(pipe), pipe.unet.dtype
+            raise PayloadError("payload: a cut inside a denoiser pass cannot be handed over to another model")
+        settings = self._settings(meta)
+        device, dtype = execution_device(pipe), self.family.denoiser(pipe).dtype
         latents = tensors["latents"]
-        prompt_embeds = _received_conditioning(pipe, meta, tensors, settings, latents)
+        cond = _received_conditioning(pipe, meta, tensors, settings, latents)
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         done = meta["next_timestep"] < 0
         if not done:
-            steps = handoff_timesteps(scheduler, meta["next_timestep"], self.device_steps)
             level = diffusers_logging.get_verbosity()
             diffusers_logging.set_verbosity_error()  # custom schedules are intended here: no warnings
             try:
-                scheduler.set_timesteps(timesteps=steps, device=device)
+                if "next_sigma" in meta:
+                    scheduler.set_timesteps(sigmas=handoff_sigmas(scheduler, meta["next_sigma"], self.device_steps),
+                                            device=device)
+                else:
+                    steps = handoff_timesteps(scheduler, int(meta["next_timestep"]), self.device_steps)
+                    scheduler.set_timesteps(timesteps=steps, device=device)
             finally:
                 diffusers_logging.set_verbosity(level)
-        timesteps = scheduler.timesteps if not done else torch.zeros(0, dtype=torch.long)
-        generator = _payload_generator(meta, tensors)
-        return DenoiseState(settings=settings, scheduler=scheduler, latents=latents.to(device, dtype), step=0,
-                            timesteps=timesteps, prompt_embeds=prompt_embeds,
-                            timestep_cond=guidance_embedding(pipe, settings, dtype), generator=generator,
-                            do_cfg=uses_cfg(pipe, settings.guidance_scale))
+        state = new_state(pipe, settings, scheduler, latents.to(device, dtype), 0, cond, _payload_generator(meta, tensors))
+        if done:
+            state.timesteps = torch.zeros(0, dtype=torch.long)
+        return state
 
     # ---------------------------------------------------------------- both
     def __call__(self, prompt, *, output_type: str = "pil", link_generator: torch.Generator | None = None,
