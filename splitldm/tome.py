@@ -454,10 +454,24 @@ class _PatchState:
 
 
 def _unet_of(model: Any) -> nn.Module:
-    unet = getattr(model, "unet", model)
+    unet = getattr(model, "unet", None)
+    unet = getattr(model, "transformer", None) if unet is None else unet
+    unet = model if unet is None else unet
     if not isinstance(unet, nn.Module):
-        raise TypeError(f"unet: expected a diffusers UNet (or a pipeline with .unet), got {type(model).__name__}")
+        raise TypeError(f"unet: expected a diffusers UNet or transformer (or a pipeline with .unet / .transformer), "
+                        f"got {type(model).__name__}")
     return unet
+
+
+#: Blocks of joint text-image attention (SD3, Flux): merging image tokens there would also have to merge
+#: the RoPE positions (Flux) and split the joint attention output; not supported by this patch.
+_JOINT_BLOCKS = ("JointTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock")
+
+
+def _patch_size(model: nn.Module) -> int:
+    """Patch side of a DiT that patchifies its (B, C, H, W) input (PixArt: 2); 1 for a UNet."""
+    p = getattr(getattr(model, "config", None), "patch_size", None)
+    return int(p) if isinstance(p, int) and p > 1 else 1
 
 
 def _transformer_blocks(unet: nn.Module) -> list[nn.Module]:
@@ -467,10 +481,11 @@ def _transformer_blocks(unet: nn.Module) -> list[nn.Module]:
 
 def _config_size(unet: nn.Module) -> tuple[int, int] | None:
     s = getattr(getattr(unet, "config", None), "sample_size", None)
+    p = _patch_size(unet)
     if isinstance(s, int):
-        return (s, s)
+        return (s // p, s // p)
     if isinstance(s, (tuple, list)) and len(s) == 2:
-        return (int(s[0]), int(s[1]))
+        return (int(s[0]) // p, int(s[1]) // p)
     return None
 
 
@@ -478,7 +493,14 @@ def apply_patch(unet: nn.Module, ratio: float = 0.5, *, max_downsample: int = 1,
                 use_rand: bool = True, seed: int = 0, generator: torch.Generator | None = None,
                 merge_attn: bool = True, merge_crossattn: bool = False, merge_mlp: bool = False,
                 similarity: str = "cosine") -> nn.Module:
-    """Merge tokens inside every ``BasicTransformerBlock`` of a diffusers UNet; returns ``unet``.
+    """Merge tokens inside every ``BasicTransformerBlock`` of a diffusers UNet or DiT; returns ``unet``.
+
+    Works on SD-1/SD-2 and SDXL UNets and on PixArt's transformer (its blocks are
+    ``BasicTransformerBlock``s on the 2x2-patch token grid). SDXL has no attention at the latent's
+    own resolution: its transformer blocks sit at 2x and 4x downsampling, so pass
+    ``max_downsample=2`` (or 4) to merge there. SD3's ``JointTransformerBlock`` and Flux's
+    ``FluxTransformerBlock`` / ``FluxSingleTransformerBlock`` (joint text-image attention, RoPE) are
+    refused with a TypeError naming the block type.
 
     Per block (at resolutions downsampled at most ``max_downsample`` times from the latent), a
     `MergePlan` is computed from the block input ``(B, N, C)``; the normalised hidden states are merged
@@ -488,8 +510,8 @@ def apply_patch(unet: nn.Module, ratio: float = 0.5, *, max_downsample: int = 1,
     keeps working, and no class is swapped.
 
     Args:
-        unet: a ``UNet2DConditionModel`` (or any module holding ``BasicTransformerBlock``s), or a
-            pipeline with ``.unet``.
+        unet: a ``UNet2DConditionModel``, a ``PixArtTransformer2DModel`` (or any module holding
+            ``BasicTransformerBlock``s), or a pipeline with ``.unet`` / ``.transformer``.
         ratio: fraction of tokens merged, in ``[0, 1)``. 0 leaves every output bit-identical.
         max_downsample: merge in blocks whose grid is the latent's downsampled at most this many times
             (1, 2, 4, 8).
@@ -514,14 +536,20 @@ def apply_patch(unet: nn.Module, ratio: float = 0.5, *, max_downsample: int = 1,
     remove_patch(model)
     blocks = _transformer_blocks(model)
     if not blocks:
+        joint = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in _JOINT_BLOCKS})
+        if joint:
+            raise TypeError(f"unet: {type(model).__name__} is built of {', '.join(joint)} (joint text-image "
+                            "attention), which the token-merging patch does not support; supported: "
+                            "BasicTransformerBlock (SD-1/2, SDXL, PixArt)")
         raise ValueError("unet: no BasicTransformerBlock found to patch")
     state = _PatchState(ratio, max_downsample, sx, sy, generator if use_rand else None, merge_attn,
                         merge_crossattn, merge_mlp, similarity, _config_size(model), [], {})
+    patch = _patch_size(model)
 
     def record_size(module, args, kwargs):
-        sample = args[0] if args else kwargs.get("sample")
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         if isinstance(sample, torch.Tensor) and sample.ndim == 4:
-            state.size = (sample.shape[-2], sample.shape[-1])
+            state.size = (sample.shape[-2] // patch, sample.shape[-1] // patch)
 
     state.handles.append(model.register_forward_pre_hook(record_size, with_kwargs=True))
     if ratio > 0:
