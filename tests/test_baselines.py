@@ -253,3 +253,37 @@ def test_bad_inputs():
         Link([AnalogLink()])(p, generator=gen(0))  # no channel after the analog stage
     with pytest.raises(ValueError, match="payload"):
         Link([DigitalLink(), AWGN(10.0)])(Payload({"side": torch.zeros(1, 2)}), generator=gen(0))
+
+
+def test_separation_reference_stage():
+    from splitldm.analysis.limits import separation_bits_per_value
+    from splitldm.link.separation import Separation
+
+    x = torch.randn(2, 4, 4, 4, generator=gen(50))
+    p = Payload({"latents": x}, primary=("latents",))
+    out = Link([Separation(4)])(p)
+    torch.testing.assert_close(out.tensors["latents"], DigitalLink(config=DigitalConfig(4)).quantized(x))
+    mean = Link([Separation(0)])(p).tensors["latents"]
+    torch.testing.assert_close(mean, x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x))
+    assert separation_bits_per_value(32, 64, 10.0) == 1  # 32 log2(11) = 110.7 bits over 64 values
+    with pytest.raises(ValueError, match="bits_per_value"):
+        Separation(17)
+
+
+def test_fec_adapter_lives_in_fec():
+    from splitldm.link import digital, fec
+
+    assert digital._Coder is fec._Coder  # DigitalLink's coder is the FEC adapter, importable on its own
+    cfg = DigitalConfig(1, 0.5, 2, 64, num_components=1, crc=None)
+    coder = fec._Coder.get(cfg, torch.device("cpu"), 20)
+    bits = torch.randint(0, 2, (3, cfg.payload_bits), generator=gen(51)).float()
+    sym = coder.encode(bits)
+    out, ok = coder.decode(sym.reshape(3, -1), torch.full(sym.reshape(3, -1).shape, 1e-3), (3, 1, 64))
+    assert ok.all() and torch.equal(out.reshape(3, -1), bits)
+
+
+def test_analog_link_uses_the_one_lmmse():
+    from splitldm.analysis.limits import lmmse_mse
+
+    assert AnalogLink.lmmse_mse(2.0, 10.0).item() == pytest.approx(lmmse_mse(2.0, 10.0))
+    assert AnalogLink.lmmse_mse(2.0, 10.0).dtype == torch.float64

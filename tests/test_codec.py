@@ -1,9 +1,13 @@
 """SeedCodec: shapes, bandwidth accounting, power, SNR adaptivity, gradients, persistence, Link stage, errors."""
 
+import hashlib
 import json
+import os
 
 import pytest
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 
 from splitldm.link.channels import AWGN, RayleighBlockFading
 from splitldm.link.codec import SeedCodec, effective_snr_db
@@ -117,7 +121,7 @@ def test_save_load_round_trip(tmp_path):
     assert {p.name for p in (tmp_path / "c").iterdir()} == {"config.json", "model.safetensors"}
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     assert cfg["rho"] == 0.25 and cfg["in_std"] == [1.5, 2.0, 0.5, 1.0]
-    loaded = SeedCodec.load(tmp_path / "c")
+    loaded = SeedCodec.from_pretrained(tmp_path / "c")
     assert loaded.default_snr_db == 7.0
     x = _x(2)
     torch.testing.assert_close(loaded.encode(x, 3.0), codec.encode(x, 3.0))
@@ -127,25 +131,25 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="directory"):
-        SeedCodec.load(tmp_path / "missing")
+        SeedCodec.from_pretrained(tmp_path / "missing")
     _codec().save_pretrained(tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="corrupt"):
-        SeedCodec.load(tmp_path / "c")
+        SeedCodec.from_pretrained(tmp_path / "c")
     (tmp_path / "c" / "config.json").write_text("{ nope")
     with pytest.raises(ValueError, match="corrupt"):
-        SeedCodec.load(tmp_path / "c")
+        SeedCodec.from_pretrained(tmp_path / "c")
     _codec().save_pretrained(tmp_path / "d")
     (tmp_path / "d" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        SeedCodec.load(tmp_path / "d")
+        SeedCodec.from_pretrained(tmp_path / "d")
     # weights that do not fit the config
     _codec(hidden_channels=8).save_pretrained(tmp_path / "e")
     cfg = json.loads((tmp_path / "e" / "config.json").read_text())
     cfg["hidden_channels"] = 16
     (tmp_path / "e" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="do not match"):
-        SeedCodec.load(tmp_path / "e")
+        SeedCodec.from_pretrained(tmp_path / "e")
 
 
 def test_trained_snr_range_is_validated_and_reported():
@@ -227,3 +231,95 @@ def test_link_with_token_merge_before_codec():
     assert out.tensors["latents"].shape == (2, 4, 8, 8)
     sent = [r for r in out.history if r.direction == "send"]
     assert sent[2].channel_uses == 2 * 16  # 32 merged tokens x 4 channels x rho 1/8 per image
+
+
+# ------------------------------------------------------------------ diffusers save / load contract
+# Computed with the 0.1 code (SeedCodec.load, before ModelMixin), on a fixed payload and seed: the shipped
+# codec + Rayleigh block fading at 5 dB (MMSE), link generator seeded 7. Every 64th value of the received
+# latents (2, 4, 8, 8), their sum and their absolute sum. sha256 of the received float32 bytes on the
+# machine that computed it: 68e6e2fa4131ad68c32b6a32b9678ed294b3f88f020b28e0879a93630dfd0523.
+_SHIPPED_RECEIVED = [0.15173017978668213, 0.15102487802505493, 0.4687305688858032, -0.04137662425637245,
+                     0.136293426156044, 0.8480237722396851, 0.3227176070213318, 0.10411328077316284]
+_SHIPPED_SUM, _SHIPPED_ABS_SUM = 40.638826734386384, 166.9275997010991
+_SHIPPED_WEIGHTS_SHA256 = "ffa227e3a267ec1c6ab96dd9c2db95134418a2276273d8ee4a4ca66aab3f095e"
+
+
+def _received(codec):
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(123))
+    p = Payload({"latents": x}, primary=("latents",))
+    out = Link([codec, RayleighBlockFading(snr_db=5.0, csi="mmse")])(p, generator=torch.Generator().manual_seed(7))
+    return out.tensors["latents"]
+
+
+def test_shipped_codec_from_pretrained_matches_the_01_loader():
+    from splitldm.zoo import resolve
+
+    folder = resolve("seed-codec")
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == _SHIPPED_WEIGHTS_SHA256
+    codec = SeedCodec.from_pretrained("seed-codec")  # a zoo name, from any working directory
+    assert isinstance(codec, ModelMixin) and isinstance(codec, ConfigMixin) and not codec.training
+    assert codec.config.rho == 0.125 and codec.config.condition == "csi"
+    y = _received(codec)
+    torch.testing.assert_close(y.flatten()[::64], torch.tensor(_SHIPPED_RECEIVED), rtol=0, atol=1e-6)
+    assert float(y.double().sum()) == pytest.approx(_SHIPPED_SUM, abs=1e-4)
+    assert float(y.double().abs().sum()) == pytest.approx(_SHIPPED_ABS_SUM, abs=1e-4)
+    with pytest.warns(DeprecationWarning, match="from_pretrained"):
+        old = SeedCodec.load(folder)  # the 0.1 name: a deprecated alias, same bits
+    assert torch.equal(_received(old), y)
+    assert torch.equal(_received(SeedCodec.from_pretrained(folder)), y)  # a folder works too
+
+
+def test_save_pretrained_from_pretrained_round_trip_and_aliases(tmp_path):
+    codec = _codec(rho=0.25, condition="csi")
+    codec.set_input_stats([0.1, -0.2, 0.3, 0.0], [1.5, 2.0, 0.5, 1.0])
+    codec.save_pretrained(tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert cfg["_class_name"] == "SeedCodec" and "_diffusers_version" in cfg
+    loaded = SeedCodec.from_pretrained(tmp_path / "c", torch_dtype=torch.float64)
+    assert loaded.enc_out.weight.dtype == torch.float64 and loaded.in_mean.dtype == torch.float64
+    again = SeedCodec.from_config(loaded.config)  # fresh weights, same architecture (diffusers' verb)
+    assert again.config.rho == 0.25 and again.in_std.reshape(-1).tolist() == [1.5, 2.0, 0.5, 1.0]
+    assert isinstance(codec.in_mean, torch.Tensor)  # buffers win over the config keys of the same name
+    with pytest.warns(DeprecationWarning, match="save_pretrained"):
+        codec.save(tmp_path / "old")
+    assert {p.name for p in (tmp_path / "old").iterdir()} == {"config.json", "model.safetensors"}
+    with pytest.raises(ValueError, match="safe_serialization"):
+        codec.save_pretrained(tmp_path / "pickle", safe_serialization=False)
+    with pytest.raises(TypeError, match="push_to_hub"):
+        codec.save_pretrained(tmp_path / "hub", push_to_hub=True)
+    codec.save_pretrained(tmp_path / "worker", is_main_process=False)  # another DDP rank writes nothing
+    assert not list((tmp_path / "worker").iterdir())
+    # a config of another class is refused
+    cfg["_class_name"] = "AutoencoderKL"
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="AutoencoderKL"):
+        SeedCodec.from_pretrained(tmp_path / "c")
+
+
+def test_from_pretrained_sources(tmp_path, monkeypatch):
+    with pytest.raises(TypeError, match="pretrained_model_name_or_path"):
+        SeedCodec.from_pretrained(42)
+    # a hub id is only tried when it is not a local path and HF_HUB_OFFLINE is unset
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        SeedCodec.from_pretrained("someone/some-codec")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def fake_download(repo_id, revision=None, cache_dir=None, allow_patterns=None):
+        calls.append((repo_id, allow_patterns))
+        _codec().save_pretrained(tmp_path / "snapshot")
+        return str(tmp_path / "snapshot")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert isinstance(SeedCodec.from_pretrained("someone/some-codec"), SeedCodec)
+    assert calls[0][0] == "someone/some-codec" and all(p.endswith((".json", ".safetensors")) for p in calls[0][1])
+    with pytest.raises(FileNotFoundError, match="local_files_only"):
+        SeedCodec.from_pretrained("someone/other", local_files_only=True)
+    # a local folder with a hub-like name is read locally, never downloaded
+    _codec().save_pretrained(tmp_path / "owner" / "name")
+    monkeypatch.chdir(tmp_path)
+    assert isinstance(SeedCodec.from_pretrained("owner/name"), SeedCodec) and len(calls) == 1
+    assert os.environ.get("HF_HUB_OFFLINE") is None

@@ -108,7 +108,7 @@ def test_save_load_round_trip(tmp_path, cut_payload):
     bank["latents"].set_input_stats([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 2.0, 2.0])
     bank.save_pretrained(tmp_path / "bank")
     assert not list((tmp_path / "bank").rglob("*.bin")) and not list((tmp_path / "bank").rglob("*.pt"))
-    loaded = SeedCodecBank.load(tmp_path / "bank")
+    loaded = SeedCodecBank.from_pretrained(tmp_path / "bank")
     assert loaded.names == bank.names and loaded.layout() == bank.layout()
     for (_, a), (_, b) in zip(bank.items(), loaded.items()):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -119,16 +119,16 @@ def test_save_load_round_trip(tmp_path, cut_payload):
     assert all(torch.equal(one.tensors[n], two.tensors[n]) for n in cut_payload.primary)
     # bad folders
     with pytest.raises(FileNotFoundError, match="bank.json"):
-        SeedCodecBank.load(tmp_path / "nothing")
+        SeedCodecBank.from_pretrained(tmp_path / "nothing")
     (tmp_path / "bank" / "bank.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
-        SeedCodecBank.load(tmp_path / "bank")
+        SeedCodecBank.from_pretrained(tmp_path / "bank")
     (tmp_path / "bank" / "bank.json").write_text(json.dumps({"codecs": {"x": "../elsewhere"}}))
     with pytest.raises(ValueError, match="outside"):
-        SeedCodecBank.load(tmp_path / "bank")
+        SeedCodecBank.from_pretrained(tmp_path / "bank")
     (tmp_path / "bank" / "bank.json").write_text(json.dumps({"codecs": {"x": "missing"}}))
     with pytest.raises(FileNotFoundError):
-        SeedCodecBank.load(tmp_path / "bank")
+        SeedCodecBank.from_pretrained(tmp_path / "bank")
 
 
 def test_cut_features_are_the_payload_tensors(tiny_pipe, cut_payload):
@@ -166,3 +166,84 @@ def test_lightning_fit_two_steps(tmp_path):
     module = CodecBankModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
     assert isinstance(module.codec, SeedCodecBank) and module.codec.layout() == bank.layout()
     assert isinstance(module.codec["latents"], SeedCodec)
+
+
+def _bank(seed=0):
+    torch.manual_seed(seed)
+    return SeedCodecBank.for_layout({"latents": (4, 8, 8), "carry.skip.0": (8, 4, 4)}, **SMALL).eval()
+
+
+def _small_payload():
+    g = torch.Generator().manual_seed(5)
+    return Payload({"latents": torch.randn(2, 4, 8, 8, generator=g), "carry.skip.0": torch.randn(2, 8, 4, 4, generator=g)},
+                   primary=("latents", "carry.skip.0"))
+
+
+def _through(bank):
+    return Link([bank, AWGN(snr_db=5.0)])(_small_payload(), generator=torch.Generator().manual_seed(3))
+
+
+def test_bank_is_a_diffusers_model_with_one_config_and_one_weights_file(tmp_path):
+    from diffusers.configuration_utils import ConfigMixin
+    from diffusers.models.modeling_utils import ModelMixin
+
+    bank = _bank()
+    bank["latents"].default_snr_db = 4.0
+    assert isinstance(bank, ModelMixin) and isinstance(bank, ConfigMixin)
+    bank.save_pretrained(tmp_path / "b")
+    assert {p.name for p in (tmp_path / "b").iterdir()} == {"config.json", "model.safetensors"}
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["_class_name"] == "SeedCodecBank" and [n for n, _ in cfg["codecs"]] == ["latents", "carry.skip.0"]
+    assert cfg["codecs"][0][1]["default_snr_db"] == 4.0
+    loaded = SeedCodecBank.from_pretrained(tmp_path / "b")
+    assert loaded.names == bank.names and not loaded.training and loaded["latents"].default_snr_db == 4.0
+    one, two = _through(bank), _through(loaded)
+    assert all(torch.equal(one.tensors[n], two.tensors[n]) for n in bank.names)
+    fresh = SeedCodecBank.from_config(loaded.config)  # same layout, fresh weights
+    assert fresh.layout() == bank.layout()
+    with pytest.warns(DeprecationWarning, match="from_pretrained"):
+        old = SeedCodecBank.load(tmp_path / "b")
+    assert old.names == bank.names
+    with pytest.warns(DeprecationWarning, match="save_pretrained"):
+        bank.save(tmp_path / "c")
+    (tmp_path / "b" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        SeedCodecBank.from_pretrained(tmp_path / "b")
+    with pytest.raises(ValueError, match="safe_serialization"):
+        bank.save_pretrained(tmp_path / "d", safe_serialization=False)
+
+
+def _legacy_folder(bank, path):
+    """The 0.1 layout: bank.json + one SeedCodec folder per tensor."""
+    path.mkdir()
+    folders = {}
+    for i, (name, codec) in enumerate(bank.items()):
+        folders[name] = f"codec-{i}"
+        codec.save_pretrained(path / folders[name])
+    (path / "bank.json").write_text(json.dumps({"_class_name": "SeedCodecBank", "codecs": folders}))
+    return path
+
+
+def test_01_bank_folders_still_load_and_never_leave_their_folder(tmp_path):
+    bank = _bank()
+    legacy = _legacy_folder(bank, tmp_path / "legacy")
+    loaded = SeedCodecBank.from_pretrained(legacy)
+    one, two = _through(bank), _through(loaded)
+    assert all(torch.equal(one.tensors[n], two.tensors[n]) for n in bank.names)
+    # a subfolder that is a symlink out of the bank's folder is refused (and so is a linked weights file)
+    outside = tmp_path / "elsewhere"
+    bank["latents"].save_pretrained(outside)
+    (legacy / "codec-0").rename(tmp_path / "moved")
+    (legacy / "codec-0").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="outside"):
+        SeedCodecBank.from_pretrained(legacy)
+    (legacy / "codec-0").unlink()
+    (tmp_path / "moved").rename(legacy / "codec-0")
+    (legacy / "codec-0" / "model.safetensors").unlink()
+    (legacy / "codec-0" / "model.safetensors").symlink_to(outside / "model.safetensors")
+    with pytest.raises(ValueError, match="outside"):
+        SeedCodecBank.from_pretrained(legacy)
+    for bad in ({"codecs": {"x": "/abs"}}, {"codecs": {"x": "a/../../b"}}):
+        (legacy / "bank.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="outside"):
+            SeedCodecBank.from_pretrained(legacy)

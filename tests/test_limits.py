@@ -122,3 +122,39 @@ def test_bad_inputs():
         latent_covariance(torch.zeros(3, 4, 2, 2), mode="pixel")
     with pytest.raises(ValueError, match="shrinkage"):
         latent_covariance(torch.zeros(3, 4, 2, 2), shrinkage=1.5)
+
+
+def test_lmmse_is_one_formula():
+    from splitldm.analysis.limits import lmmse_estimate, lmmse_mse, lmmse_weight
+
+    # closed form var / (1 + SNR) = the Gaussian OPTA at rho = 1/2
+    for snr in (-10.0, 0.0, 7.0, 30.0):
+        assert lmmse_mse(2.5, snr) == pytest.approx(gaussian_opta_mse(2.5, snr, 0.5))
+    np.testing.assert_allclose(lmmse_mse(1.0, np.array([0.0, 10.0])), [0.5, 1 / 11])
+    a = torch.tensor([0.5 + 0.5j, 2.0 + 0j, 1j])
+    v = torch.tensor([0.1, 1.0, 0.0])
+    torch.testing.assert_close(lmmse_weight(a, v), a.conj() / (a.abs() ** 2 + v))
+    y = torch.tensor([1.0 + 1j, -2.0 + 0j, 0.5j])
+    torch.testing.assert_close(lmmse_estimate(y, a, v), lmmse_weight(a, v) * y)
+    with pytest.raises(ValueError, match="variance"):
+        lmmse_mse(-1.0, 0.0)
+    with pytest.raises(TypeError, match="gain"):
+        lmmse_weight(1.0, 0.1)
+
+
+def test_separation_rate_and_shannon_limit():
+    from splitldm.analysis.limits import CHANNELS, capacity, separation_bits_per_value, shannon_limit_snr_db
+
+    assert CHANNELS == ("awgn", "rayleigh")
+    # 128 uses at 10 dB over AWGN: 128 log2(11) = 442.8 bits over 256 values -> 1 bit per value
+    assert separation_bits_per_value(128, 256, 10.0) == 1
+    assert separation_bits_per_value(128, 256, 40.0, max_bits=3) == 3
+    assert separation_bits_per_value(128, 64, 20.0, "rayleigh") == math.floor(128 * capacity(20.0, "rayleigh") / 64)
+    with pytest.raises(ValueError, match="n_values"):
+        separation_bits_per_value(128, 0, 10.0)
+    for r in (0.5, 1.0, 3.0):
+        assert awgn_capacity(shannon_limit_snr_db(r)) == pytest.approx(r)
+    assert shannon_limit_snr_db(1.0) == 0.0 and shannon_limit_snr_db(0.0) == -math.inf
+    np.testing.assert_allclose(shannon_limit_snr_db(np.array([1.0, 2.0])), [0.0, 10 * math.log10(3)])
+    with pytest.raises(ValueError, match="bits_per_use"):
+        shannon_limit_snr_db(-1.0)

@@ -296,3 +296,14 @@ def test_token_merge_bad_inputs():
     meta["token_merge"] = {"latents": dict(meta["token_merge"]["latents"], r=31)}
     with pytest.raises(ValueError):
         stage.receive(sent.replace(meta=meta), {}, g)
+
+
+def test_token_merge_stage_leaves_the_typed_context_alone():
+    from splitldm.link.stack import LinkContext
+
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    p = Payload({"latents": x}, primary=("latents",))
+    ctx = LinkContext(snr_db=5.0)
+    out = Link([TokenMerge(0.5)])(p, generator=torch.Generator().manual_seed(0), context=ctx)
+    assert out.tensors["latents"].shape == x.shape
+    assert list(ctx) == ["snr_db"] and ctx.snr_db == 5.0  # TokenMerge neither reads nor writes it

@@ -98,3 +98,47 @@ def test_ideal_link_and_bad_input():
         Link()(p.to_bytes())
     with pytest.raises(TypeError, match="generator"):
         Link()(p, generator=42)
+
+
+# ------------------------------------------------------------------ the typed context
+def test_link_context_is_typed_and_written_back_into_a_dict():
+    from splitldm.link.channels import AWGN
+    from splitldm.link.stack import LinkContext
+
+    p = Payload({"z": torch.ones(2, 4, dtype=torch.complex64)}, primary=("z",))
+    ctx = LinkContext(snr_db=10.0)
+    Link([AWGN(), SerializeBytes()])(p, generator=torch.Generator().manual_seed(0), context=ctx)
+    assert ctx.snr_db.tolist() == [10.0, 10.0] and ctx.n0.shape == (2,) and ctx.h is None
+    assert ctx.channel_layout == [("z", 4)] and set(ctx.eq_gain) == {"z"} and ctx.serialized_bytes > 0
+    a, v = ctx.channel_model("z", p.tensors["z"])
+    assert a.shape == v.shape == (2, 4) and a.dtype == torch.complex64 and v.dtype == torch.float32
+    # a dict of fields (0.1 callers): converted, and what the stages wrote comes back into it
+    d = {"snr_db": 10.0}
+    Link([AWGN()])(p, generator=torch.Generator().manual_seed(0), context=d)
+    assert {"snr_db", "n0", "channel_layout", "eq_gain", "eq_noise_var"} <= set(d) and "h" not in d
+    with pytest.raises(TypeError, match="context"):
+        Link()(p, context=5)
+    with pytest.raises(ValueError, match="context"):
+        LinkContext().channel_model("z", p.tensors["z"])  # no channel ran
+
+
+def test_link_context_mapping_shim_for_01_stages():
+    from splitldm.link.stack import LinkContext
+
+    ctx = LinkContext()
+    assert len(ctx) == 0 and "h" not in ctx and ctx.get("h") is None
+    with pytest.raises(KeyError):
+        ctx["h"]
+    ctx["h"] = torch.ones(2, 1)  # a field, through the mapping face
+    assert ctx.h is not None and "h" in ctx and list(ctx) == ["h"]
+    ctx.setdefault("prepared", []).append(1)  # a key that is not a field goes to extra
+    assert ctx.extra == {"prepared": [1]} and ctx["prepared"] == [1] and set(ctx) == {"h", "prepared"}
+    del ctx["h"]
+    assert ctx.h is None and ctx.pop("prepared") == [1] and len(ctx) == 0
+    with pytest.raises(KeyError):
+        ctx["extra"] = {}
+    assert LinkContext.coerce({"snr_db": 3.0, "x": 1}).extra == {"x": 1}
+    with pytest.raises(TypeError, match="context"):
+        LinkContext.require({}, "AWGN.send")
+    with pytest.raises(TypeError, match="context"):
+        SerializeBytes().send(_payload(), {}, torch.Generator())
