@@ -1,0 +1,111 @@
+"""The learned separation baseline: best-fit rate adaptation, the ideal capacity-achieving code (capacity
+from splitldm.analysis.limits), the per-SNR LDPC operating point and the end-to-end LDPC + QAM link."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from splitldm.analysis.limits import awgn_capacity, rayleigh_ergodic_capacity
+from splitldm.link.digital import DigitalConfig
+from splitldm.link.entropy_model import EntropyModel
+from splitldm.link.learned_separation import (LearnedSeparationLink, OperationalRD, best_learned_digital_config,
+                                              header_bits, ideal_separation, operational_rd)
+from splitldm.link.payload import Payload
+from splitldm.link.stack import Link
+
+
+def _model() -> EntropyModel:
+    torch.manual_seed(0)
+    m = EntropyModel(latent_channels=4, hidden_channels=8, lambdas=[1e-2, 1e-3])
+    m.set_input_stats(torch.zeros(4), torch.ones(4))
+    return m.eval()
+
+
+def _table() -> OperationalRD:
+    # 2 latents, 2 levels: level 0 costs 20 / 30 bits, level 1 costs 60 / 90 bits
+    bits = torch.tensor([[20, 60], [30, 90]])
+    mse = torch.tensor([[1.0, 0.5, 0.1], [2.0, 0.8, 0.2]], dtype=torch.float64)
+    return OperationalRD(bits, mse)
+
+
+def test_header_bits():
+    assert header_bits(1) == 1 and header_bits(3) == 2 and header_bits(10) == 4
+
+
+def test_best_fit_picks_least_mse_within_budget():
+    rd = _table()
+    col, mse = rd.best_fit(25)
+    assert col.tolist() == [1, 0] and mse.tolist() == [0.5, 2.0]
+    col, mse = rd.best_fit(torch.tensor([100.0, 89.0]))
+    assert col.tolist() == [2, 1] and mse.tolist() == [0.1, 0.8]
+    assert rd.mean_mse(0) == 1.5
+
+
+def test_ideal_separation_uses_the_capacity_formulas():
+    rd = _table()
+    k = 8
+    for snr in (0.0, 5.0, 10.0):
+        budget = math.floor(k * awgn_capacity(snr) + 1e-9)
+        assert ideal_separation(rd, k, snr, "awgn")["mse"] == rd.mean_mse(budget)
+        budget = math.floor(k * rayleigh_ergodic_capacity(snr) + 1e-9)
+        out = ideal_separation(rd, k, snr, "rayleigh", generator=torch.Generator().manual_seed(0), repeats=3)
+        assert out["mse"] == rd.mean_mse(budget)
+        assert rd.mse[:, 2].mean() <= out["mse_block_csit"] <= rd.mse[:, 0].mean()
+    with pytest.raises(ValueError, match="channel_uses"):
+        ideal_separation(rd, 0, 0.0)
+
+
+def test_operational_rd_measures_real_bitstreams():
+    m = _model()
+    x = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    rd = operational_rd(m, x)
+    assert rd.bits.shape == (6, 2) and rd.mse.shape == (6, 3)
+    from splitldm.link.entropy_model import bit_length
+
+    data = m.encode(x, 1)
+    assert rd.bits[:, 1].tolist() == [header_bits(2) + bit_length(d) for d in data]
+    assert torch.allclose(rd.mse[:, 0], x.pow(2).flatten(1).mean(1).double())  # nothing sent: the mean (0)
+
+
+def test_operating_point_follows_snr():
+    rd = _table()
+    _, info_lo = best_learned_digital_config(-15.0, 32, rd, "awgn")
+    assert info_lo["bler"] > 0.99 and info_lo["expected_mse"] == pytest.approx(1.5, rel=0.01)
+    cfg_none, _ = best_learned_digital_config(-15.0, 32, OperationalRD(rd.bits + 1000, rd.mse), "awgn")
+    assert cfg_none is None  # nothing fits any code: send nothing
+    cfg_hi, info_hi = best_learned_digital_config(20.0, 32, rd, "awgn")
+    assert isinstance(cfg_hi, DigitalConfig) and info_hi["info_bits"] >= 90 and info_hi["expected_mse"] < 0.2
+    cfg_r, info_r = best_learned_digital_config(20.0, 32, rd, "rayleigh")
+    assert info_r["expected_mse"] > info_hi["expected_mse"]  # fading costs
+    with pytest.raises(ValueError, match="channel"):
+        best_learned_digital_config(0.0, 32, rd, "rician")
+
+
+def test_ldpc_link_round_trip_and_erasure():
+    from splitldm.link.channels import AWGN
+
+    m = _model()
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    cfg = DigitalConfig(1, 0.5, 4, 1024, num_components=1, crc=None)  # 512 information bits, 256 uses
+    rd = operational_rd(m, x)
+    assert (rd.bits[:, 1] <= 512).all()
+    stage = LearnedSeparationLink(m, cfg)
+    assert stage.channel_uses() == 256 and stage.info_bits == 512
+    payload = Payload(tensors={"latents": x}, primary=("latents",))
+    ctx: dict = {"snr_db": 30.0}
+    out = Link([stage, AWGN()])(payload, generator=torch.Generator().manual_seed(0), context=ctx)
+    col, _ = rd.best_fit(512)  # what the encoder sends: the least-MSE choice that fits
+    expected = torch.stack([torch.zeros(4, 8, 8) if c == 0 else m.decode(m.encode(x[i:i + 1], int(c) - 1), int(c) - 1)[0]
+                            for i, c in enumerate(col)])
+    assert torch.equal(out.tensors["latents"], expected)  # decoded exactly
+    assert ctx["learned_separation"]["codeword_errors"] == 0 and ctx["learned_separation"]["levels"] == col.tolist()
+    ctx = {"snr_db": -10.0}
+    out = Link([stage, AWGN()])(payload, generator=torch.Generator().manual_seed(0), context=ctx)
+    assert torch.equal(out.tensors["latents"], torch.zeros_like(x))  # erased: the mean
+    with pytest.raises(TypeError, match="model"):
+        LearnedSeparationLink("x", cfg)
+    with pytest.raises(TypeError, match="config"):
+        LearnedSeparationLink(m, None)
