@@ -41,14 +41,14 @@ def test_fit_two_steps_then_resume(tmp_path):
     ckpts = list((tmp_path / "runs").rglob("last.ckpt"))
     assert ckpts, "no last.ckpt written"
     # the exported codec loads and carries the data statistics it was trained with
-    codec = SeedCodec.load(tmp_path / "export")
+    codec = SeedCodec.from_pretrained(tmp_path / "export")
     assert codec.config.in_mean is not None and len(codec.config.in_std) == 4
     w2 = codec.enc_out.weight.clone()
 
     cli2 = main(_args(tmp_path, 4, ["--ckpt_path", str(ckpts[0])]))
     assert cli2.trainer.global_step == 4
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == caches
-    resumed = SeedCodec.load(tmp_path / "export")
+    resumed = SeedCodec.from_pretrained(tmp_path / "export")
     torch.testing.assert_close(resumed.in_std, codec.in_std)  # stats survive the resume
     assert not torch.equal(resumed.enc_out.weight, w2)  # and training went on
 
@@ -93,4 +93,13 @@ def test_noised_latents_proxy(tiny_pipe, tmp_path):
     assert module.codec.config.snr_range_db == [0.0, 20.0] or tuple(module.codec.config.snr_range_db) == (0.0, 20.0)
     assert module.codec.training_snr_range_db == (-5.0, 20.0)
     module.codec.save_pretrained(tmp_path / "c2")
-    assert SeedCodec.load(tmp_path / "c2").training_snr_range_db == (-5.0, 20.0)
+    assert SeedCodec.from_pretrained(tmp_path / "c2").training_snr_range_db == (-5.0, 20.0)
+
+
+def test_init_from_accepts_the_zoo_name():
+    from splitldm.zoo import resolve
+
+    module = CodecModule(init_from="seed-codec", snr_range_db=[-10.0, 20.0])
+    shipped = SeedCodec.from_pretrained(resolve("seed-codec"))
+    assert module.codec.config.rho == shipped.config.rho
+    assert all(torch.equal(a, b) for a, b in zip(module.codec.state_dict().values(), shipped.state_dict().values()))

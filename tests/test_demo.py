@@ -48,3 +48,75 @@ def test_demo_bad_config(tmp_path):
         run_demo(tmp_path, _config(split_step=9))
     with pytest.raises(ValueError, match="snr_db"):
         run_demo(tmp_path, _config(snr_db=(float("nan"),)))
+
+
+def test_library_plots_without_pyplot_or_backend_switch():
+    """eval/ draws through the one plotting helper (object API): no matplotlib.use, no pyplot state."""
+    from pathlib import Path
+
+    import splitldm.eval as ev
+
+    for path in Path(ev.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path.name
+
+
+def test_plotting_helper(tmp_path):
+    import matplotlib
+
+    from splitldm.eval.plotting import new_figure, save_figure
+
+    backend = matplotlib.get_backend()
+    fig, axes = new_figure(2, 3, figsize=(3, 2))
+    assert axes.shape == (2, 3)
+    axes[1][2].plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "sub" / "f.png")
+    assert out.stat().st_size > 500 and out.read_bytes()[:4] == b"\x89PNG"
+    assert matplotlib.get_backend() == backend
+    with pytest.raises(TypeError, match="fig"):
+        save_figure("not a figure", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="path"):
+        save_figure(fig, tmp_path / "no_suffix")
+    with pytest.raises(ValueError, match="nrows"):
+        new_figure(0, 1)
+
+
+def test_thread_rule_and_precedence(monkeypatch):
+    from splitldm.eval import threads
+
+    assert [threads.default_threads(n) for n in (1, 2, 3, 4, 9, 64)] == [1, 1, 2, 3, 8, 8]
+    assert threads.default_threads() == max(1, min(threads.MAX_THREADS, threads.available_cpus() - 1))
+    monkeypatch.delenv("SPLITLDM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.resolve_threads() == threads.default_threads()
+    assert threads.resolve_threads(fallback=1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.resolve_threads() == 3
+    monkeypatch.setenv("SPLITLDM_THREADS", "2")
+    assert threads.resolve_threads() == 2 and threads.resolve_threads(5) == 5
+    monkeypatch.setenv("SPLITLDM_THREADS", "many")
+    with pytest.raises(ValueError, match="SPLITLDM_THREADS"):
+        threads.resolve_threads()
+    for bad in (0, -1, 1.5, True, "x"):
+        with pytest.raises(ValueError, match="threads"):
+            threads.resolve_threads(bad)
+    with pytest.raises(ValueError, match="cpus"):
+        threads.default_threads(0)
+
+
+def test_cli_sets_threads_once_at_entry(tmp_path, monkeypatch):
+    """`splitldm demo --threads N` sets torch's count before the work and records it in report.json."""
+    import torch
+
+    from splitldm.cli.main import main
+
+    monkeypatch.setenv("SPLITLDM_CHECKPOINTS", str(tmp_path / "empty"))  # random tiny: fast
+    before = torch.get_num_threads()
+    try:
+        assert main(["demo", "--out", str(tmp_path / "d"), "--num-prompts", "1", "--steps", "2", "--split-step", "1",
+                     "--student-steps", "1", "--snr-db", "10", "--merge-ratios", "0", "--threads", "1",
+                     "--quiet", "--no-progress"]) == 0
+        assert json.loads((tmp_path / "d" / "report.json").read_text())["threads"] == 1
+        assert main(["demo", "--out", str(tmp_path / "e"), "--threads", "0", "--quiet"]) == 2  # one-line error
+    finally:
+        torch.set_num_threads(before)

@@ -72,7 +72,7 @@ def test_evaluate_split_link(tiny_pipe, codec_dir):
     from splitldm.link.stack import Link
     from splitldm.pipeline.split import SplitPipeline
 
-    split = SplitPipeline(tiny_pipe, split_step=1, link=Link([SeedCodec.load(codec_dir), AWGN(csi="mmse")]))
+    split = SplitPipeline(tiny_pipe, split_step=1, link=Link([SeedCodec.from_pretrained(codec_dir), AWGN(csi="mmse")]))
     rows = evaluate(split, ["a red circle", "a blue square"], [0.0, 20.0], num_inference_steps=2,
                     guidance_scale=2.0)
     assert [r["snr_db"] for r in rows] == [0.0, 20.0]

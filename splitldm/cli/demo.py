@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+
+THREADS_HELP = ("torch CPU threads (default: $SPLITLDM_THREADS, else $OMP_NUM_THREADS, else the CPUs this process "
+                "may use minus one, 1 to 8; see splitldm.eval.threads)")
 
 
 def _run(args: argparse.Namespace) -> int:
     from splitldm.eval.demo import DemoConfig, run_demo
+    from splitldm.eval.threads import set_threads
 
+    threads = set_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.getLogger("splitldm").setLevel(logging.WARNING if args.quiet else logging.INFO)
     config = DemoConfig(num_prompts=args.num_prompts, steps=args.steps, split_step=args.split_step,
                         student_steps=args.student_steps, snr_db=tuple(args.snr_db),
                         merge_ratios=tuple(args.merge_ratios), seed=args.seed)
     if args.quick:
         config.num_prompts, config.snr_db = min(config.num_prompts, 8), config.snr_db[::2]
-    report = run_demo(args.out, config)
-    summary = {"out": args.out, "seconds": round(report["seconds"], 1),
+    report = run_demo(args.out, config, progress=args.progress)
+    summary = {"out": args.out, "seconds": round(report["seconds"], 1), "threads": threads,
                "central_adherence": report["central"].get("adherence"),
                "split": [{k: e[k] for k in ("merge_ratio", "snr_db", "psnr_db", "channel_uses_per_image")}
                          for e in report["split"]]}
@@ -24,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    """Add the ``demo`` subcommand to an argparse ``subparsers`` object."""
     p = subparsers.add_parser("demo", help="central vs split generation on the shipped checkpoints (the main job)")
     p.add_argument("--out", default="out/demo", help="output folder (grid.png, psnr_vs_snr.png, report.json)")
     p.add_argument("--num-prompts", type=int, default=24)
@@ -34,4 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--merge-ratios", type=float, nargs="+", default=[0.0, 0.5])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer prompts and SNRs")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--quiet", action="store_true", help="print only the final JSON summary line")
     p.set_defaults(func=_run)

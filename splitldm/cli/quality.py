@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import shlex
 import sys
+
+from splitldm.cli.demo import THREADS_HELP
 
 
 def register(subparsers) -> None:
     """Add the ``quality-table`` subcommand to an argparse ``subparsers`` object."""
     p = subparsers.add_parser("quality-table", help="measure quality vs (steps, merge ratio, SNR, channel)",
                               description=__doc__)
-    p.add_argument("--pipeline", default="tiny", help="pipeline name or folder (default: shipped 'tiny')")
-    p.add_argument("--output", required=True, help="JSON file to write (e.g. checkpoints/quality/tiny.json)")
+    p.add_argument("--pipeline", default="tiny", help="pipeline zoo name or folder (default: the shipped 'tiny')")
+    p.add_argument("--output", required=True, help="JSON file to write (e.g. runs/quality/tiny.json)")
     p.add_argument("--steps", nargs="+", type=int, default=[4, 5, 6, 7, 8, 9, 10, 11, 12])
     p.add_argument("--merge-ratios", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75])
     p.add_argument("--snr-db", nargs="+", type=float, default=[0.0])
@@ -27,7 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--prompts", nargs="+", default=None, help="prompts (default: 4 from the tokenizer's words)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--threads", type=int, default=int(os.environ.get("SPLITLDM_THREADS", "1")))
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -35,12 +39,13 @@ DEFAULT_PROMPTS = ["a red circle", "a blue square on a green background", "a yel
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from splitldm.pipeline.models import load_pipeline
     from splitldm.eval.quality import build_quality_table, pipeline_quality_fn
+    from splitldm.eval.threads import set_threads
+    from splitldm.pipeline.models import load_pipeline
 
-    torch.set_num_threads(max(1, args.threads))
+    set_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("splitldm").setLevel(logging.INFO)
     pipe = load_pipeline(args.pipeline)
     fn = pipeline_quality_fn(pipe, reference_steps=args.reference_steps, guidance_scale=args.guidance_scale)
     table = build_quality_table(
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         meta={"pipeline": str(args.pipeline), "reference_steps": args.reference_steps,
               "guidance_scale": args.guidance_scale, "source": f"measured: {args.pipeline}",
               "command": "splitldm " + " ".join(shlex.quote(a) for a in sys.argv[1:])},
-        progress=print)
+        progress=True if args.progress else None)
     path = table.save(args.output)
     print(json.dumps({"output": str(path), "cells": int(table.metrics["latent_mse"].size),
                       "seconds": table.meta["seconds"]}))

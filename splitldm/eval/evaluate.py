@@ -26,6 +26,7 @@ Entry points: `sweep` (an `EvalConfig`, writes JSON + PNG; the ``splitldm evalua
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,18 +36,20 @@ from typing import Any, Callable, Sequence
 import torch
 
 from splitldm.link.analog import AnalogLink
-from splitldm.link.digital import DigitalConfig, DigitalLink, best_digital_config
-from splitldm.link.channels import AWGN, Channel, RayleighBlockFading
+from splitldm.link.digital import DigitalLink, best_digital_config
+from splitldm.link.channels import check_snr_db, make_channel
+from splitldm.link.separation import Separation as _Separation
 from splitldm.link.codec import SeedCodec
-from splitldm.analysis.limits import capacity, latent_covariance, reverse_water_filling
+from splitldm.analysis.limits import CHANNELS, latent_covariance, reverse_water_filling
+from splitldm.analysis.limits import separation_bits_per_value as _separation_bits_per_value
 from splitldm.link.stack import Link, LinkStage
-from splitldm.link.payload import Payload
 from splitldm.pipeline.split import SplitPipeline
 
 SCHEMES = ("codec", "analog", "digital", "separation", "opta")
-CHANNELS = ("awgn", "rayleigh")
 
 __all__ = ["EvalConfig", "SCHEMES", "sweep", "evaluate", "make_channel", "plot_sweep", "latent_psnr"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,8 +57,8 @@ class EvalConfig:
     """One reproducible evaluation run (``configs/evaluate.yaml``).
 
     Attributes:
-        pipeline: `splitldm.pipeline.models.load_pipeline` name or folder.
-        codecs: `SeedCodec` folders; each contributes its own ``rho`` to the sweep.
+        pipeline: `splitldm.pipeline.models.load_pipeline` name (zoo name such as ``"tiny"``) or folder.
+        codecs: `SeedCodec` zoo names (``"seed-codec"``) or folders; each contributes its own ``rho``.
         rhos: extra bandwidth ratios for the digital / separation / OPTA baselines (complex uses
             per real latent value); the codecs' ratios are always included.
         snr_db: SNR points (dB). channels: ``awgn`` and/or ``rayleigh`` (block fading, one h per image).
@@ -65,14 +68,14 @@ class EvalConfig:
         split_step, num_inference_steps, guidance_scale: the generation being split.
         repeats: independent channel realisations per point (Rayleigh needs several fades).
         covariance_samples: latents used to measure the covariance for OPTA.
-        fid: ``"classifier"`` (offline classifier-FID, needs ``checkpoints/classifier``), ``"none"``,
+        fid: ``"classifier"`` (offline classifier-FID with the zoo's ``classifier``), ``"none"``,
             or a local Inception-v3 weights file (``.pth``); fid_real: real images it compares with.
         seed: base seed of the generation noise and the channels.
         output: folder for ``results.json`` and ``psnr_vs_snr.png``.
     """
 
     pipeline: str = "tiny"
-    codecs: list[str] = field(default_factory=lambda: ["checkpoints/seed-codec"])
+    codecs: list[str] = field(default_factory=lambda: ["seed-codec"])
     rhos: list[float] = field(default_factory=list)
     snr_db: list[float] = field(default_factory=lambda: [-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0])
     channels: list[str] = field(default_factory=lambda: ["awgn", "rayleigh"])
@@ -100,6 +103,8 @@ class EvalConfig:
             raise ValueError(f"channels: expected a non-empty subset of {CHANNELS}, got {self.channels!r}")
         if not self.snr_db or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.snr_db):
             raise ValueError(f"snr_db: expected a non-empty list of finite numbers (dB), got {self.snr_db!r}")
+        for s in self.snr_db:  # the library's one SNR range rule (splitldm.link.channels.SNR_DB_RANGE)
+            check_snr_db(s, "snr_db")
         for name in ("num_prompts", "repeats", "covariance_samples", "num_inference_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -126,15 +131,6 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def make_channel(kind: str, csi: str = "mmse") -> Channel:
-    """``"awgn"`` -> `AWGN`, ``"rayleigh"`` -> `RayleighBlockFading` (one h per image); SNR from the context."""
-    if kind == "awgn":
-        return AWGN(csi=csi)
-    if kind == "rayleigh":
-        return RayleighBlockFading(csi=csi)
-    raise ValueError(f"channel: expected one of {CHANNELS}, got {kind!r}")
-
-
 def latent_psnr(mse: float, variance: float) -> float:
     """``10 log10(variance / mse)`` in dB (inf for mse = 0)."""
     return float("inf") if mse <= 0 else 10.0 * math.log10(variance / mse)
@@ -142,30 +138,6 @@ def latent_psnr(mse: float, variance: float) -> float:
 
 def _images_pt(images) -> torch.Tensor:
     return images.float().clamp(0, 1)
-
-
-class _Separation(LinkStage):
-    """Ideal separation: the digital quantiser's output at ``bits_per_value``, delivered error-free."""
-
-    def __init__(self, bits_per_value: int):
-        super().__init__()
-        self.digital = DigitalLink(config=DigitalConfig(bits_per_value)) if bits_per_value > 0 else None
-
-    def send(self, payload, context, generator):
-        tensors = dict(payload.tensors)
-        for name in payload.primary:
-            x = tensors[name]
-            if self.digital is None:
-                mean = x.reshape(x.shape[0], -1).mean(1).reshape(-1, *[1] * (x.dim() - 1))
-                tensors[name] = mean.expand_as(x).clone()
-            else:
-                tensors[name] = self.digital.quantized(x)
-        return payload.replace(tensors=tensors)
-
-
-def _separation_bits_per_value(channel_uses: int, n_values: int, snr_db: float, channel: str) -> int:
-    cap = float(capacity(snr_db, "awgn" if channel == "awgn" else "rayleigh"))
-    return int(min(16, math.floor(channel_uses * cap / n_values + 1e-9)))
 
 
 def _feature_extractor(spec: str):
@@ -245,12 +217,14 @@ def _point(bench: _Bench, stages_fn: Callable[[], list[LinkStage]], snr: float, 
     return row
 
 
-def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | None = print,
-          extractor=None) -> dict[str, Any]:
+def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | None = None,
+          extractor=None, progress: bool = False) -> dict[str, Any]:
     """Run the sweep of ``config``; write ``results.json`` and ``psnr_vs_snr.png`` to ``config.output``.
 
     ``pipe`` overrides ``config.pipeline`` (an already loaded pipeline); ``extractor`` overrides
     ``config.fid`` with any `splitldm.eval.metrics.FeatureExtractor` (a callable with a ``name``).
+    Progress lines go to this module's `logging` logger (INFO); ``log``, if given, receives them too
+    (e.g. ``print``). ``progress`` shows a tqdm bar over the channel x SNR points (on stderr).
 
     Returns the results dict: ``config``, ``reference`` (variance, FID of the ideal link, extractor),
     ``rows`` (one per scheme x channel x rho x SNR) and ``timing_s``.
@@ -260,9 +234,13 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
 
     cfg = config if isinstance(config, EvalConfig) else EvalConfig(**config)
     t0 = time.time()
-    say = log or (lambda s: None)
+    def say(message: str) -> None:
+        logger.info(message)
+        if log is not None:
+            log(message)
+
     pipe = load_pipeline(cfg.pipeline) if pipe is None else pipe
-    codecs = [SeedCodec.load(p) for p in cfg.codecs] if "codec" in cfg.schemes else []
+    codecs = [SeedCodec.from_pretrained(p) for p in cfg.codecs] if "codec" in cfg.schemes else []
     rhos = sorted({float(c.config.rho) for c in codecs} | {float(r) for r in cfg.rhos})
     if not rhos:
         raise ValueError("rhos: no bandwidth ratio to evaluate (give codecs or rhos)")
@@ -299,8 +277,13 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
         say(msg)
 
     seed = cfg.seed + 100
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cfg.channels) * len(cfg.snr_db), desc="evaluate", unit="point", disable=not progress)
     for channel in cfg.channels:
         for snr in cfg.snr_db:
+            bar.update(1)
+            bar.set_postfix_str(f"{channel} {snr:g} dB")
             for rho in rhos:
                 k = max(1, math.floor(rho * n_values + 1e-9))
                 if "opta" in cfg.schemes:
@@ -310,7 +293,7 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                                                     "channel_uses": k, "bits": None})
                 for codec in (c for c in codecs if float(c.config.rho) == rho):
                     add("codec", channel, rho, snr,
-                        _point(bench, lambda: [codec, make_channel(channel, cfg.csi)], snr, cfg.repeats, seed,
+                        _point(bench, lambda: [codec, make_channel(channel, csi=cfg.csi)], snr, cfg.repeats, seed,
                                variance))
                 if "digital" in cfg.schemes and digital_ok:
                     try:
@@ -328,7 +311,7 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                         row = _point(bench, lambda: [_Separation(0)], snr, 1, seed, variance)
                         row["channel_uses"] = 0
                     else:
-                        row = _point(bench, lambda: [DigitalLink(config=dcfg, covariance=cov), make_channel(channel, cfg.csi)], snr,
+                        row = _point(bench, lambda: [DigitalLink(config=dcfg, covariance=cov), make_channel(channel, csi=cfg.csi)], snr,
                                      cfg.repeats, seed, variance)
                     add("digital", channel, rho, snr, row, config=info)
                 if "separation" in cfg.schemes:
@@ -338,8 +321,9 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                     add("separation", channel, rho, snr, row, config={"bits_per_value": b})
             if "analog" in cfg.schemes:
                 add("analog", channel, 0.5, snr,
-                    _point(bench, lambda: [AnalogLink(), make_channel(channel, cfg.csi)], snr, cfg.repeats, seed,
+                    _point(bench, lambda: [AnalogLink(), make_channel(channel, csi=cfg.csi)], snr, cfg.repeats, seed,
                            variance))
+    bar.close()
 
     results = {
         "config": asdict(cfg),
@@ -367,14 +351,11 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
 
 def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
     """PNG: latent PSNR (top, with the OPTA curve) and image PSNR (bottom) vs SNR, one column per channel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from splitldm.eval.plotting import new_figure, save_figure
 
     rows = results["rows"]
     channels = sorted({r["channel"] for r in rows}, key=lambda c: CHANNELS.index(c))
-    fig, axes = plt.subplots(2, len(channels), figsize=(5.5 * len(channels), 7.5), squeeze=False)
+    fig, axes = new_figure(2, len(channels), figsize=(5.5 * len(channels), 7.5))
     styles = {"codec": "o-", "digital": "s--", "separation": "^:", "analog": "d-.", "opta": "k-"}
     for j, ch in enumerate(channels):
         for i, metric in enumerate(("latent_psnr", "image_psnr")):
@@ -394,11 +375,7 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
             ax.set_title(f"{ch}: {metric.replace('_', ' ')}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def evaluate(split: SplitPipeline, prompts: Sequence[str], snr_db: Sequence[float], *, repeats: int = 1,

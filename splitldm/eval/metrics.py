@@ -192,12 +192,16 @@ class AttributeClassifier(ModelMixin, ConfigMixin):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from splitldm.pipeline.merge_decoder import pretrained_folder
+        from splitldm.zoo import ARG, resolve_pretrained
 
         if kwargs:
             raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
-        folder = pretrained_folder(pretrained_model_name_or_path, "classifier",
-                                   (cls.config_name, CLASSIFIER_WEIGHTS_NAME), local_files_only=local_files_only)
+        folder = resolve_pretrained(pretrained_model_name_or_path, (cls.config_name,), what="classifier",
+                                    local_files_only=bool(local_files_only),
+                                    files=f"{cls.config_name}, {CLASSIFIER_WEIGHTS_NAME}")
+        missing = [f for f in (cls.config_name, CLASSIFIER_WEIGHTS_NAME) if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{ARG}: {folder} is not a classifier folder; missing {missing}")
         try:
             config = cls.load_config(folder)
             known = {"width", "feature_dim", "image_size", "attributes"}

@@ -31,6 +31,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.modeling_utils import ModelMixin
 
+from splitldm.zoo import resolve_pretrained
+
 __all__ = ["MergeAwareDecoder", "WEIGHTS_NAME", "decoder_state", "load_merge_decoder"]
 
 #: File holding the decoder tensors inside a `MergeAwareDecoder` folder.
@@ -47,55 +49,15 @@ def decoder_state(vae: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items() if k.startswith(_PREFIXES)}
 
 
-def pretrained_folder(name_or_path: str | os.PathLike, what: str, required: tuple[str, ...],
-                      argument: str = "pretrained_model_name_or_path", local_files_only: bool | None = None) -> Path:
-    """The local folder behind a zoo name (`splitldm.zoo.resolve`), a local folder, or a hub id.
-
-    A hub id (``owner/name``, not a local path) is downloaded with ``huggingface_hub`` only when
-    ``HF_HUB_OFFLINE`` is unset and ``local_files_only`` is not true (config and safetensors files only).
-
-    Raises:
-        TypeError: ``name_or_path`` is not a str or os.PathLike.
-        FileNotFoundError: no such zoo model, folder or reachable hub repository, or a file of
-            ``required`` is missing (the message names ``argument`` and the missing files).
-    """
-    from splitldm import zoo
-
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"{argument}: expected a zoo name, a folder or a hub id, got {type(name_or_path).__name__}")
-    name = os.fspath(name_or_path)
-    if isinstance(name_or_path, str) and zoo.is_zoo_name(name):
-        path = zoo.resolve(name)
-    else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-            if looks_local or offline or local_files_only:
-                why = "HF_HUB_OFFLINE is set" if offline and not looks_local else "no such folder"
-                raise FileNotFoundError(f"{argument}: {name!r} is not a {what} folder or a zoo name ({why}); "
-                                        f"zoo names: {sorted(zoo.MODELS)}")
-            from huggingface_hub import snapshot_download
-
-            try:
-                path = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.md"]))
-            except Exception as exc:  # network / auth / not found: one clear error at the boundary
-                raise FileNotFoundError(f"{argument}: could not fetch {what} {name!r} from the hub: {exc}") from exc
-    missing = [f for f in required if not (path / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{argument}: {path} is not a {what} folder; missing {missing}")
-    return path
-
-
 class MergeAwareDecoder(ModelMixin, ConfigMixin):
     """``post_quant_conv`` + ``decoder`` of an `AutoencoderKL`, fine-tuned for merged and noisy latents.
 
     Parameters:
         latent_channels (`int`, defaults to 4): channels of the latents it decodes.
         out_channels (`int`, defaults to 3): image channels.
-        up_block_types (`tuple[str]`), block_out_channels (`tuple[int]`), layers_per_block (`int`),
-        act_fn (`str`), norm_num_groups (`int`), mid_block_add_attention (`bool`), use_post_quant_conv
-        (`bool`): the `AutoencoderKL` architecture of the VAE it belongs to (same meaning and defaults).
+        up_block_types, block_out_channels, layers_per_block, act_fn, norm_num_groups: the `AutoencoderKL`
+            architecture of the VAE it belongs to, with mid_block_add_attention and use_post_quant_conv (same
+            meaning, types and defaults).
         pipeline (`str`, *optional*): the pipeline whose VAE was fine-tuned (e.g. ``"tiny"``); informative.
         training (`dict`, *optional*): the recipe settings it was trained with (ratio and noise ranges,
             learning rate, steps, seed); informative.
@@ -184,8 +146,8 @@ class MergeAwareDecoder(ModelMixin, ConfigMixin):
 
         if kwargs:
             raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
-        folder = pretrained_folder(pretrained_model_name_or_path, "merge-aware decoder",
-                                   (cls.config_name, WEIGHTS_NAME), local_files_only=local_files_only)
+        folder = resolve_pretrained(pretrained_model_name_or_path, (cls.config_name, WEIGHTS_NAME),
+                                    what=cls.__name__, local_files_only=bool(local_files_only))
         try:
             config = cls.load_config(folder)
             unknown = sorted(k for k in config if not k.startswith("_") and k not in cls._init_keys())

@@ -62,12 +62,13 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _, allc = self._step(batch, True)
-        self.log_dict({"train/loss": loss, "train/acc_all": allc}, prog_bar=True)
+        self.log_dict({"train/loss": loss, "train/acc_all": allc}, prog_bar=True, batch_size=len(batch["images"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, accs, allc = self._step(batch, False)
-        self.log_dict({"val/loss": loss, "val/acc_all": allc, **{f"val/acc_{k}": v for k, v in accs.items()}})
+        self.log_dict({"val/loss": loss, "val/acc_all": allc, **{f"val/acc_{k}": v for k, v in accs.items()}},
+                      batch_size=len(batch["images"]), sync_dist=True)  # averaged over DDP processes
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
@@ -86,7 +87,12 @@ class ClassifierModule(L.LightningModule):
             self.net.save_pretrained(self.hparams.export_dir)
 
 
-if __name__ == "__main__":
-    from splitldm.recipes.cli import main
+def main(args: list[str] | None = None, run: bool = True):
+    """LightningCLI entry point (``python -m splitldm.recipes.classifier fit --config configs/classifier.yaml``)."""
+    from splitldm.recipes.cli import main as cli_main
 
-    main(ClassifierModule)
+    return cli_main(ClassifierModule, args=args, run=run)
+
+
+if __name__ == "__main__":
+    main()

@@ -28,46 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from splitldm.link.channels import AWGN, Channel, RayleighBlockFading, complex_normal
+from splitldm.link.channels import MixedBlockChannel, make_channel  # noqa: F401  (re-exported for 0.1 code)
 from splitldm.link.codec import SeedCodec
 
 KIND_VAE = -1  # "kind" column: -1 = VAE latent of a data image, k >= 0 = trajectory latent after step k
-
-
-# ============================================================================ channel
-class MixedBlockChannel(Channel):
-    """AWGN or Rayleigh block fading, picked per sample: one model learns both.
-
-    Each sample is Rayleigh block faded (one ``h ~ CN(0, 1)`` per sample) with probability
-    ``p_rayleigh`` and AWGN (``h = 1``) otherwise; the receiver equalises with ``csi``. The channel
-    arithmetic (noise, equaliser) is `splitldm.link.channels.Channel`'s.
-    """
-
-    fading = "mixed-block"
-
-    def __init__(self, snr_db=None, csi: str = "mmse", p_rayleigh: float = 0.5, seed: int = 0):
-        super().__init__(snr_db, csi, seed=seed)
-        if not 0.0 <= p_rayleigh <= 1.0:
-            raise ValueError(f"p_rayleigh: expected a probability in [0, 1], got {p_rayleigh!r}")
-        self.p_rayleigh = float(p_rayleigh)
-
-    def draw_gains(self, batch, num_symbols, generator, dtype=torch.complex64, device=None):
-        h = complex_normal((batch, 1), generator, dtype, device)
-        fade = torch.rand(batch, 1, generator=generator, device=generator.device).to(h.device) < self.p_rayleigh
-        return torch.where(fade, h, torch.ones_like(h))
-
-
-def make_channel(channels: Sequence[str], csi: str = "mmse") -> Channel:
-    """The training channel for a list of kinds: ``["awgn"]``, ``["rayleigh"]`` or both (mixed per sample)."""
-    kinds = tuple(channels)
-    bad = [c for c in kinds if c not in ("awgn", "rayleigh")]
-    if not kinds or bad:
-        raise ValueError(f"channels: expected a non-empty subset of ('awgn', 'rayleigh'), got {list(kinds)!r}")
-    if set(kinds) == {"awgn"}:
-        return AWGN(csi=csi)
-    if set(kinds) == {"rayleigh"}:
-        return RayleighBlockFading(csi=csi)
-    return MixedBlockChannel(csi=csi, p_rayleigh=0.5)
 
 
 # ============================================================================ data
@@ -169,9 +133,9 @@ def build_latent_set(pipeline: str, dataset: str, split: str, num_examples: int,
 
     pipe = load_pipeline(pipeline)
     if vae_path:
-        from diffusers import AutoencoderKL
+        from splitldm.recipes.vae import load_vae
 
-        pipe.vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True).eval()
+        pipe.vae = load_vae(vae_path).eval()
     if dataset == "shapes":
         images, captions, _ = render_batch(range(num_examples), split=split, seed=seed)
     else:
@@ -319,7 +283,8 @@ class CodecModule(L.LightningModule):
         val_snr_db: SNRs (dB) at which validation reports latent PSNR per channel kind.
         export_dir: when set, the trained codec is written there (`SeedCodec.save_pretrained`) at the end.
         seed: seeds the channel noise (step ``i`` uses seed ``seed + i``: resumable, reproducible).
-        init_from: a `SeedCodec` folder to start from (fine-tuning; its architecture and statistics win).
+        init_from: a `SeedCodec` folder or zoo name (``"seed-codec"``) to start from (fine-tuning; its
+            architecture and statistics win).
     """
 
     def __init__(self, codec: CodecConfig | dict | None = None, channels: list[str] = ["awgn", "rayleigh"], csi: str = "mmse",
@@ -332,12 +297,12 @@ class CodecModule(L.LightningModule):
         kwargs = asdict(codec) if isinstance(codec, CodecConfig) else dict(codec or {})
         kwargs.setdefault("snr_range_db", list(snr_range_db))
         if init_from:
-            self.codec = SeedCodec.load(init_from).train()  # keeps its own SNR normalisation
+            self.codec = SeedCodec.from_pretrained(init_from).train()  # keeps its own SNR normalisation
             if [float(v) for v in snr_range_db] != [float(v) for v in self.codec.config.snr_range_db]:
                 self.codec.register_to_config(trained_snr_range_db=[float(v) for v in snr_range_db])
         else:
             self.codec = SeedCodec(**kwargs)
-        self.channel = make_channel(channels, csi)
+        self.channel = make_channel(channels, csi=csi)
         self._vae = None
         lo, hi = (float(v) for v in snr_range_db)
         if hi < lo:
@@ -394,7 +359,7 @@ class CodecModule(L.LightningModule):
         x = batch[0]
         var = x.var()
         for kind in self.hparams.channels:
-            channel = make_channel([kind], self.hparams.csi)
+            channel = make_channel([kind], csi=self.hparams.csi)
             for snr_db in self.hparams.val_snr_db:
                 g = torch.Generator().manual_seed(10_000 + batch_idx)
                 out = self.codec(x, float(snr_db), generator=g, channel=channel)
@@ -423,14 +388,11 @@ def export_checkpoint(ckpt_path: str, export_dir: str) -> SeedCodec:
     return module.codec
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     """LightningCLI entry point (``python -m splitldm.recipes.codec fit --config configs/codec.yaml``)."""
-    from lightning.pytorch.cli import LightningCLI
+    from splitldm.recipes.cli import main as cli_main
 
-    threads = int(os.environ.get("SPLITLDM_THREADS", "1"))
-    torch.set_num_threads(threads)  # shared CPUs: one thread unless told otherwise
-    return LightningCLI(CodecModule, CodecLatentData, args=args, save_config_kwargs={"overwrite": True},
-                        seed_everything_default=0)
+    return cli_main(CodecModule, CodecLatentData, args=args, run=run)
 
 
 if __name__ == "__main__":

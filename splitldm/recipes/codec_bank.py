@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -182,7 +181,7 @@ class CodecBankModule(CodecModule):
 
     def validation_step(self, batch, batch_idx):
         for kind in self.hparams.channels:
-            channel = make_channel([kind], self.hparams.csi)
+            channel = make_channel([kind], csi=self.hparams.csi)
             for snr_db in self.hparams.val_snr_db:
                 g = torch.Generator().manual_seed(10_000 + batch_idx)
                 nmse = self._losses(batch, float(snr_db), g, channel)
@@ -194,13 +193,11 @@ class CodecBankModule(CodecModule):
                     self.log("val/nmse", mean, prog_bar=True)
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     """LightningCLI entry point (``python -m splitldm.recipes.codec_bank fit --config configs/codec_bank.yaml``)."""
-    from lightning.pytorch.cli import LightningCLI
+    from splitldm.recipes.cli import main as cli_main
 
-    torch.set_num_threads(int(os.environ.get("SPLITLDM_THREADS", "1")))
-    return LightningCLI(CodecBankModule, CutFeatureData, args=args, save_config_kwargs={"overwrite": True},
-                        seed_everything_default=0)
+    return cli_main(CodecBankModule, CutFeatureData, args=args, run=run)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from splitldm.pipeline.models import make_scheduler
+from splitldm.pipeline.models import load_pipeline, make_scheduler
 
 from splitldm.recipes.ldm import LatentCache, ema_update, export_pipeline
 from splitldm.recipes.vae import warmup_cosine
@@ -48,18 +48,18 @@ def boundary_scalings(t: torch.Tensor, sigma_data: float = 0.5, timestep_scaling
 
 
 class LCMDistillModule(L.LightningModule):
-    def __init__(self, teacher_path: str = "checkpoints/tiny", time_cond_proj_dim: int = 64, lr: float = 2e-4,
+    def __init__(self, teacher_path: str = "tiny", time_cond_proj_dim: int = 64, lr: float = 2e-4,
                  w_min: float = 1.0, w_max: float = 5.0, num_ddim_timesteps: int = 50, ema_decay: float = 0.95,
                  huber_c: float = 0.001, warmup_steps: int = 50, cache_size: int = 20000,
                  export_dir: str | None = None, analytic_vae: bool = False, teacher_pipeline=None):
-        """``teacher_path``: diffusers folder from recipe (b) (or pass ``teacher_pipeline`` in Python).
+        """``teacher_path``: the teacher pipeline: a zoo name (``"tiny"``, the shipped teacher), a diffusers
+        folder from recipe (b), or a hub id (`splitldm.pipeline.models.load_pipeline`); or pass
+        ``teacher_pipeline`` in Python.
         ``analytic_vae``: the teacher's VAE is `splitldm.recipes.vae_init`'s block-average codec, so latents
         are computed as block averages instead of running the encoder (same values to 1e-3)."""
         super().__init__()
         self.save_hyperparameters(ignore=["teacher_pipeline"])
-        pipe = teacher_pipeline or StableDiffusionPipeline.from_pretrained(
-            teacher_path, use_safetensors=True, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, local_files_only=True)
+        pipe = teacher_pipeline or load_pipeline(teacher_path)
         self.tokenizer = pipe.tokenizer
         self.vae = pipe.vae.float().eval().requires_grad_(False)
         self.vae._analytic = analytic_vae
@@ -173,7 +173,12 @@ def _alphas_cumprod(cfg: dict) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-if __name__ == "__main__":
-    from splitldm.recipes.cli import main
+def main(args: list[str] | None = None, run: bool = True):
+    """LightningCLI entry point (``python -m splitldm.recipes.lcm fit --config configs/lcm.yaml``)."""
+    from splitldm.recipes.cli import main as cli_main
 
-    main(LCMDistillModule)
+    return cli_main(LCMDistillModule, args=args, run=run)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from splitldm.pipeline.models import SD_SCHEDULE, build_text_encoder, build_unet, build_vae, make_scheduler
 from splitldm.pipeline.tokenizer import DEFAULT_WORDS, build_clip_tokenizer
 
-from splitldm.recipes.vae import warmup_cosine
+from splitldm.recipes.vae import load_vae, warmup_cosine
 
 
 def sd_alphas_cumprod(num_train_timesteps: int = 1000) -> torch.Tensor:
@@ -74,7 +73,8 @@ class LDMModule(L.LightningModule):
                  min_snr_gamma: float | None = 5.0, ema_decay: float = 0.999, warmup_steps: int = 100,
                  cache_size: int = 20000, export_dir: str | None = None, export_vae_path: str | None = None,
                  seed: int = 0):
-        """``vae_path``: diffusers AutoencoderKL folder from recipe (a), ``"analytic"`` (its frozen
+        """``vae_path``: diffusers AutoencoderKL folder from recipe (a) (or a pipeline folder / zoo name
+        such as ``"tiny"``: its VAE, see `splitldm.recipes.vae.load_vae`), ``"analytic"`` (its frozen
         encoder, rebuilt), or None (random VAE, for tests only).
         ``export_vae_path``: the VAE to ship in the exported pipeline, read when fitting ends (default
         ``vae_path``); must have the same encoder, e.g. a decoder fine-tuned with ``train_encoder: false``."""
@@ -86,7 +86,7 @@ class LDMModule(L.LightningModule):
 
             self.vae = analytic_vae(model, seed)
         elif vae_path:
-            self.vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True)
+            self.vae = load_vae(vae_path)
         else:
             self.vae = build_vae(model, seed)
         self.vae = self.vae.eval().requires_grad_(False)
@@ -164,12 +164,15 @@ class LDMModule(L.LightningModule):
     def on_fit_end(self):
         if self.hparams.export_dir and self.trainer.is_global_zero:
             pipe = self.pipeline()
-            if self.hparams.export_vae_path and not Path(self.hparams.export_vae_path, "config.json").exists():
-                import warnings
+            vae = None
+            if self.hparams.export_vae_path:
+                try:
+                    vae = load_vae(self.hparams.export_vae_path).eval()
+                except FileNotFoundError:
+                    import warnings
 
-                warnings.warn(f"export_vae_path: {self.hparams.export_vae_path} not found; shipping the training VAE")
-            elif self.hparams.export_vae_path:
-                vae = AutoencoderKL.from_pretrained(self.hparams.export_vae_path, use_safetensors=True).eval()
+                    warnings.warn(f"export_vae_path: {self.hparams.export_vae_path} not found; shipping the training VAE")
+            if vae is not None:
                 if vae.config.scaling_factor != self.vae.config.scaling_factor:
                     raise ValueError("export_vae_path: its scaling_factor differs from the training VAE's")
                 pipe.vae = vae
@@ -190,7 +193,12 @@ def export_pipeline(pipe, export_dir: str | Path, fp16: bool = True) -> Path:
     return Path(export_dir)
 
 
-if __name__ == "__main__":
-    from splitldm.recipes.cli import main
+def main(args: list[str] | None = None, run: bool = True):
+    """LightningCLI entry point (``python -m splitldm.recipes.ldm fit --config configs/ldm.yaml``)."""
+    from splitldm.recipes.cli import main as cli_main
 
-    main(LDMModule)
+    return cli_main(LDMModule, args=args, run=run)
+
+
+if __name__ == "__main__":
+    main()

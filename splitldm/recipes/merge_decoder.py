@@ -151,7 +151,12 @@ class MergeDecoderModule(L.LightningModule):
                                                       "rows": rows}, indent=2))
 
 
-if __name__ == "__main__":
-    from splitldm.recipes.cli import main
+def main(args: list[str] | None = None, run: bool = True):
+    """LightningCLI entry point (``python -m splitldm.recipes.merge_decoder fit --config configs/merge_decoder.yaml``)."""
+    from splitldm.recipes.cli import main as cli_main
 
-    main(MergeDecoderModule)
+    return cli_main(MergeDecoderModule, args=args, run=run)
+
+
+if __name__ == "__main__":
+    main()

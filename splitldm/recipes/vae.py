@@ -24,8 +24,9 @@ class VAEModule(L.LightningModule):
                  export_dir: str | None = None, scale_examples: int = 512, crop_size: int | None = None,
                  logvar_init: float | None = -6.0, init_from: str | None = None, train_encoder: bool = True,
                  seed: int = 0):
-        """``init_from``: an exported VAE folder, or ``"analytic"`` for `splitldm.recipes.vae_init.analytic_init`
-        (block-average codec; its scaling factor is set from ``scale_examples`` images)."""
+        """``init_from``: an exported VAE folder, a pipeline folder or zoo name (``"tiny"``: its VAE; see
+        `load_vae`), or ``"analytic"`` for `splitldm.recipes.vae_init.analytic_init` (block-average codec;
+        its scaling factor is set from ``scale_examples`` images)."""
         """``crop_size``: train on random square crops of this side (a multiple of 8; the VAE is fully
         convolutional, so crops cut the cost per example while teaching the same local job)."""
         super().__init__()
@@ -38,9 +39,7 @@ class VAEModule(L.LightningModule):
             # Stage 2: continue from an exported VAE. With ``train_encoder=False`` only the decoder
             # trains, so latents (and a UNet trained on them) stay valid: fine-tune the decoder in
             # parallel with the UNet, as SD's ft-MSE decoders were.
-            from diffusers import AutoencoderKL
-
-            self.vae = AutoencoderKL.from_pretrained(init_from, use_safetensors=True).train()
+            self.vae = load_vae(init_from).train()
             logvar_init = None
         if not train_encoder:
             self.vae.encoder.requires_grad_(False)
@@ -92,6 +91,28 @@ class VAEModule(L.LightningModule):
                 export_vae(self.vae, self.hparams.export_dir, self.hparams.scale_examples)
             else:  # same encoder: keep its scaling factor
                 self.vae.save_pretrained(str(self.hparams.export_dir), safe_serialization=True)
+
+
+def load_vae(name_or_path: str | Path):
+    """An `AutoencoderKL` (safetensors only) from a zoo pipeline name (``"tiny"``: its ``vae/``), a VAE
+    folder (``config.json`` + ``diffusion_pytorch_model.safetensors``), or a pipeline folder (its ``vae/``).
+
+    Raises:
+        FileNotFoundError: ``name_or_path`` is none of these (the message names it).
+    """
+    from diffusers import AutoencoderKL
+
+    from splitldm import zoo
+
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"name_or_path: expected a zoo name or a folder, got {type(name_or_path).__name__}")
+    path = zoo.resolve(name_or_path) if zoo.is_zoo_name(name_or_path) else Path(name_or_path).expanduser()
+    if (path / "vae" / "config.json").exists():
+        path = path / "vae"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"name_or_path: {name_or_path!r} is not a VAE folder, a pipeline folder or a "
+                                f"zoo pipeline name (no config.json in {path})")
+    return AutoencoderKL.from_pretrained(str(path), use_safetensors=True)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -155,7 +176,12 @@ def export_vae(vae, export_dir: str | Path, scale_examples: int = 512) -> float:
     return scale
 
 
-if __name__ == "__main__":
-    from splitldm.recipes.cli import main
+def main(args: list[str] | None = None, run: bool = True):
+    """LightningCLI entry point (``python -m splitldm.recipes.vae fit --config configs/vae.yaml``)."""
+    from splitldm.recipes.cli import main as cli_main
 
-    main(VAEModule)
+    return cli_main(VAEModule, args=args, run=run)
+
+
+if __name__ == "__main__":
+    main()
