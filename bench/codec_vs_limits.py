@@ -27,14 +27,12 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from splitldm.link.digital import DigitalLink, best_digital_config  # noqa: E402
 from splitldm.link.codec import SeedCodec  # noqa: E402

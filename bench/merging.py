@@ -24,17 +24,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from splitldm.link.merge import TokenMerge  # noqa: E402
-from splitldm.tome import apply_patch, remove_patch  # noqa: E402
-from splitldm.zoo import checkpoints_dir  # noqa: E402
+from splitldm.link.merge import TokenMerge
+from splitldm.tome import apply_patch, remove_patch
+from splitldm.zoo import checkpoints_dir
 
 
 def build_unet(seed: int = 0):
@@ -120,7 +116,6 @@ def bench_link(ratios, num_images: int) -> dict:
     decoders = {"stock": vae}
     ft_dir = checkpoints_dir() / "merge-decoder"
     if (ft_dir / "decoder.safetensors").exists():
-        sys.path.insert(0, str(ft_dir.parent.parent))
         from splitldm.recipes.merge_decoder import load_merge_decoder
 
         decoders["merge-aware"] = load_merge_decoder(vae, ft_dir)

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from splitldm.eval.data import prompts_for, render_batch  # noqa: E402
-from splitldm.eval.metrics import ClassifierFeatures, frechet_distance, load_classifier, prompt_adherence  # noqa: E402
-from splitldm.pipeline.models import load_pipeline  # noqa: E402
+from splitldm.eval.data import prompts_for, render_batch
+from splitldm.eval.metrics import ClassifierFeatures, frechet_distance, load_classifier, prompt_adherence
+from splitldm.eval.threads import set_threads
+from splitldm.pipeline.models import load_pipeline
 
 
 @torch.no_grad()
@@ -51,10 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--student-steps", default="1,2,4,8")
     ap.add_argument("--holdout-combos", action="store_true", help="prompts from attribute combinations held out of training")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: $SPLITLDM_THREADS, else $OMP_NUM_THREADS, else 1)")
     ap.add_argument("--device", default="cpu", help="where the pipelines run (e.g. cuda); metrics stay on the CPU")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args.threads = set_threads(args.threads, fallback=1)
     num = args.num or (16 if args.quick else 256)
     num_real = args.num_real or (64 if args.quick else 1024)
     if num < 2:
