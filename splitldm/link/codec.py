@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from splitldm.link._pretrained import resolve_pretrained
+from splitldm.zoo import resolve_pretrained
 from splitldm.link.channels import AWGN, Channel
 from splitldm.link.payload import Payload
 from splitldm.link.stack import LinkContext, LinkStage, default_generator

@@ -32,7 +32,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from splitldm.link._pretrained import ARG, resolve_pretrained
+from splitldm.zoo import ARG, resolve_pretrained
 from splitldm.link.codec import (CONFIG_NAME, WEIGHTS_NAME, SeedCodec, _load_weights, _save_dir,
                                  write_safetensors)
 from splitldm.link.payload import Payload

@@ -73,40 +73,16 @@ def seed_everything(seed: int) -> torch.Generator:
 
 # ---------------------------------------------------------------------------- folders, zoo, hub
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def resolve_pretrained(pretrained_model_name_or_path: str | os.PathLike) -> Path:
-    """The local folder of a saved policy: ``pretrained_model_name_or_path`` itself when it is a folder,
-    the zoo folder of a `splitldm.zoo` name, else (``HF_HUB_OFFLINE`` unset) the hub snapshot of that id.
+    """The local folder of a saved policy: a `splitldm.zoo` name, a local folder, or (``HF_HUB_OFFLINE``
+    unset) the hub snapshot of that id, through the library's one resolver `splitldm.zoo.resolve_pretrained`.
 
     Raises:
         TypeError: not a str or path.
-        FileNotFoundError: neither a folder nor a zoo name, and the hub is off or has no such repository.
+        FileNotFoundError: neither a zoo name nor a folder, and the hub is off or could not provide it.
     """
-    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
-        raise TypeError("pretrained_model_name_or_path: expected a folder, a zoo name or a hub id, got "
-                        f"{type(pretrained_model_name_or_path).__name__}")
-    name = os.fspath(pretrained_model_name_or_path)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"pretrained_model_name_or_path: {name} is a file, expected the folder "
-                                f"save_pretrained wrote ({CONFIG_NAME} + {WEIGHTS_NAME})")
-    if zoo.is_zoo_name(name):
-        return zoo.resolve(name)
-    if _hub_offline() or not isinstance(pretrained_model_name_or_path, str):
-        raise FileNotFoundError(f"pretrained_model_name_or_path: no folder at {name} and it is not a zoo name "
-                                f"({sorted(zoo.MODELS)}); hub ids are not tried while HF_HUB_OFFLINE is set")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=name))
-    except Exception as exc:  # any hub failure (bad id, no network) means: nothing to load
-        raise FileNotFoundError(f"pretrained_model_name_or_path: no folder at {name}, not a zoo name, "
-                                f"and the hub could not provide it ({type(exc).__name__}: {exc})") from exc
+    return zoo.resolve_pretrained(pretrained_model_name_or_path, (), what="policy",
+                                  files=f"{CONFIG_NAME} + {WEIGHTS_NAME}")
 
 
 def read_class_name(folder: str | os.PathLike) -> str:
