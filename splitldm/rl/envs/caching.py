@@ -46,6 +46,7 @@ import numpy as np
 from gymnasium import spaces
 
 from splitldm.analysis.costs import ChannelParams, ModelFlops, model_flops
+from splitldm.analysis.limits import awgn_capacity
 from splitldm.eval.quality import QualityTable
 from splitldm.rl.envs.meg import stand_in_quality_table
 from splitldm.zoo import checkpoints_dir
@@ -303,7 +304,7 @@ class ModelCaching(gym.Env):
         dl, snr = self.req_deadline[slot], self.req_snr_db[slot]
         edge = np.isin(m, cache)
         c, b = np.broadcast_arrays(np.asarray(compute, float), np.asarray(band, float))
-        rate = np.maximum(b, 1e-12) * self.bandwidth_hz * np.log2(1 + 10 ** (snr / 10))
+        rate = np.maximum(b, 1e-12) * self.bandwidth_hz * np.asarray(awgn_capacity(snr))
         tx = self._bits[m] / rate
         lat = np.empty(c.shape)
         q = np.empty(c.shape)

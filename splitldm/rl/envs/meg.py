@@ -28,6 +28,7 @@ from splitldm.analysis.costs import (
     ES_DEFAULT, UE_DEFAULT, ChannelParams, DeviceProfile, ModelFlops, channel_rate_bps, model_flops,
     sample_channel_gain_db, transmission,
 )
+from splitldm.analysis.limits import lmmse_mse
 from splitldm.eval.quality import QualityTable
 from splitldm.zoo import checkpoints_dir
 
@@ -263,7 +264,7 @@ def analog_mmse_curve(snr_db: Sequence[float] = tuple(range(-20, 41, 2))) -> dic
     A closed form (DOMAIN.md section 5, analog baseline), used when no measured codec curve is given.
     """
     s = np.asarray(snr_db, dtype=float)
-    return {"snr_db": s.tolist(), "mse": (1.0 / (1.0 + 10 ** (s / 10))).tolist(), "source": "analog-mmse"}
+    return {"snr_db": s.tolist(), "mse": np.atleast_1d(lmmse_mse(1.0, s)).tolist(), "source": "analog-mmse"}
 
 
 class SeedPower(gym.Env):

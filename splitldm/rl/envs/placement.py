@@ -55,6 +55,7 @@ import numpy as np
 from gymnasium import spaces
 
 from splitldm.analysis.costs import ChannelParams, ModelFlops, model_flops, path_loss_db
+from splitldm.analysis.limits import awgn_capacity
 from splitldm.eval.quality import QualityTable
 from splitldm.rl.envs.meg import default_quality_table
 
@@ -235,8 +236,7 @@ class ChainPlacement(gym.Env):
         self.assignment = greedy_channel_assignment(self.gains_db)
         share = np.bincount(self.assignment, minlength=self.num_channels)[self.assignment]
         g = self.gains_db[np.arange(U), self.assignment]
-        snr = 10 ** ((self.channel.tx_power_dbm + g - self.channel.noise_dbm) / 10)
-        self.rate_bps = self.bandwidth_hz * np.log2(1 + snr) / share
+        self.rate_bps = self.bandwidth_hz * np.asarray(awgn_capacity(self.channel.tx_power_dbm + g - self.channel.noise_dbm)) / share
         self.tx_s = self.latent_bits / self.rate_bps
 
     # ------------------------------------------------------------------ dynamics (pure)
