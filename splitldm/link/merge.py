@@ -44,11 +44,19 @@ class TokenMerge(LinkStage):
         similarity: ``"euclidean"`` (default: merge the pairs closest in L2, which minimises the
             reconstruction error) or ``"cosine"`` (ToMe's matching).
         names: which primary tensors to merge (default: all primary tensors).
+        patch: token side in latent pixels: a ``(B, C, H, W)`` tensor becomes ``(H/p) (W/p)`` tokens of
+            ``C p^2`` values (2 with SDXL's 4x128x128 latent: MEG-CVPO's 4096 tokens of 16 values).
+
+    Packed latents (Flux): a 3-D primary tensor ``(B, N, D)`` is taken as ``N`` tokens of ``D`` values
+    (FluxPipeline packs 2x2 patches of its 16-channel latent: ``D = 64``) on the grid
+    ``payload.meta["token_grid"][name] = [h, w]`` (required: ``(H/16, W/16)`` for an ``H x W`` image),
+    and restored to ``(B, N, D)``.
     """
 
     def __init__(self, ratio: float = 0.5, sx: int = 2, sy: int = 2, use_rand: bool = False,
-                 similarity: str = "euclidean", names: Sequence[str] | None = None):
+                 similarity: str = "euclidean", names: Sequence[str] | None = None, patch: int = 1):
         super().__init__()
+        self.patch = _check_pos_int(patch, "patch")
         self.ratio = _check_ratio(ratio)
         self.sx, self.sy = _check_pos_int(sx, "sx"), _check_pos_int(sy, "sy")
         if not isinstance(use_rand, bool):
@@ -63,7 +71,7 @@ class TokenMerge(LinkStage):
 
     def note(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "sx": self.sx, "sy": self.sy, "use_rand": self.use_rand,
-                "similarity": self.similarity}
+                "similarity": self.similarity, "patch": self.patch}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.note().items())
@@ -83,16 +91,17 @@ class TokenMerge(LinkStage):
         tensors = dict(payload.tensors)
         for name in self._targets(payload):
             x = tensors[name]
-            if x.ndim != 4:
-                raise ValueError(f"payload.tensors[{name!r}]: TokenMerge expects shape (B, C, H, W), got {tuple(x.shape)}")
+            if x.ndim not in (3, 4):
+                raise ValueError(f"payload.tensors[{name!r}]: TokenMerge expects shape (B, C, H, W) or packed "
+                                 f"tokens (B, N, D), got {tuple(x.shape)}")
             if x.is_complex() or not x.is_floating_point():
                 raise TypeError(f"payload.tensors[{name!r}]: expected a real floating tensor, got {x.dtype}")
             if name in info or name + _INDEX_SUFFIX in tensors:
                 raise ValueError(f"payload.tensors[{name!r}]: already token-merged")
-            b, c, h, w = x.shape
+            tokens, (h, w), form = _to_tokens(name, x, self.patch, payload.meta)  # (B, N, C) on an h x w grid
+            b = x.shape[0]
             if self.sx > w or self.sy > h:
                 raise ValueError(f"sx, sy: window {self.sx}x{self.sy} larger than the {h}x{w} grid of {name!r}")
-            tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
             plan = plan_merge(tokens.float(), (h, w), self.ratio, sx=self.sx, sy=self.sy,
                               generator=generator if self.use_rand else None, similarity=self.similarity)
             merged = plan.merge(tokens.float()).to(x.dtype)  # (B, M, C)
@@ -101,6 +110,8 @@ class TokenMerge(LinkStage):
             info[name] = {"size": [h, w], "r": plan.r, "sx": self.sx, "sy": self.sy,
                           "random": plan.choice is not None, "batch": b,
                           "side_info_bits": plan.side_info_bits()}
+            if form is not None:
+                info[name]["form"] = form
         return payload.replace(tensors=tensors, meta={**payload.meta, _META_KEY: info})
 
     def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
@@ -130,6 +141,47 @@ class TokenMerge(LinkStage):
             except ValueError as exc:
                 raise ValueError(f"payload.tensors[{index_name!r}]: index map does not match ({exc})") from exc
             tokens = plan.unmerge(y.squeeze(2).transpose(1, 2))  # (B, N, C)
-            tensors[name] = tokens.transpose(1, 2).reshape(b, y.shape[1], h, w).contiguous()
+            tensors[name] = _from_tokens(name, tokens, (h, w), rec.get("form"))
         meta = {k: v for k, v in payload.meta.items() if k != _META_KEY}
         return payload.replace(tensors=tensors, meta=meta)
+
+
+# ------------------------------------------------------------------ token layouts (patches, packed latents)
+
+def _to_tokens(name: str, x: torch.Tensor, patch: int, meta: dict[str, Any]):
+    """``x`` as ``(B, N, D)`` tokens, their ``(h, w)`` grid and the record `_from_tokens` needs (None:
+    the plain ``(B, C, H, W)`` layout of one token per latent pixel)."""
+    if x.ndim == 3:  # packed tokens (Flux): the grid comes from the payload, or is square
+        b, n, d = x.shape
+        grid = (meta.get("token_grid") or {}).get(name)
+        if not isinstance(grid, (list, tuple)) or len(grid) != 2:
+            raise ValueError(f"payload.tensors[{name!r}]: TokenMerge expects shape (B, C, H, W), or packed tokens "
+                             f"(B, N, D) with their grid in payload.meta['token_grid'][{name!r}] = [h, w]; "
+                             f"got {tuple(x.shape)} and grid {grid!r}")
+        h, w = int(grid[0]), int(grid[1])
+        if h * w != n:
+            raise ValueError(f"payload.meta['token_grid'][{name!r}]: {h}x{w} does not hold {n} tokens")
+        return x, (h, w), {"kind": "packed"}
+    b, c, hh, ww = x.shape
+    if hh % patch or ww % patch:
+        raise ValueError(f"patch: {patch} does not divide the {hh}x{ww} grid of {name!r}")
+    if patch == 1:
+        return x.flatten(2).transpose(1, 2), (hh, ww), None
+    h, w = hh // patch, ww // patch
+    tokens = x.view(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * patch * patch)
+    return tokens, (h, w), {"kind": "patch", "patch": patch, "channels": c}
+
+
+def _from_tokens(name: str, tokens: torch.Tensor, size: tuple[int, int], form: dict[str, Any] | None) -> torch.Tensor:
+    """Inverse of `_to_tokens`: ``(B, N, D)`` tokens back to the tensor's own layout."""
+    b, n, d = tokens.shape
+    h, w = size
+    if form is None:
+        return tokens.transpose(1, 2).reshape(b, d, h, w).contiguous()
+    kind = form.get("kind") if isinstance(form, dict) else None
+    if kind == "packed":
+        return tokens.contiguous()
+    if kind == "patch":
+        p, c = int(form["patch"]), int(form["channels"])
+        return tokens.view(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * p, w * p).contiguous()
+    raise ValueError(f"payload.meta[{_META_KEY!r}][{name!r}]: unknown token layout {form!r}")
