@@ -230,3 +230,14 @@ def test_bad_input(catalog):
         env.step(len(env.subsets))
     with pytest.raises(ValueError, match="resolution"):
         optimal_allocation(None, make(catalog, num_users=6), resolution=40, max_pairs=1000)
+
+
+def test_catalogue_memory_of_every_family():
+    from splitldm.rl.envs.caching import model_memory_gb
+
+    # fp16 weights: SD-1.5 ~2.1 GB, SDXL ~6.9 GB, SD3-medium with T5-XXL ~15 GB, Flux-dev with T5-XXL ~34 GB
+    assert 2.0 < model_memory_gb("sd15") < 2.3
+    assert 6.5 < model_memory_gb("sdxl") < 7.2
+    assert 14 < model_memory_gb("sd3") < 17
+    assert 9 < model_memory_gb("pixart") < 12
+    assert 32 < model_memory_gb("flux") < 36

@@ -45,7 +45,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from splitldm.analysis.costs import ChannelParams, ModelFlops, model_flops
+from splitldm.analysis.costs import ChannelParams, ModelFlops, model_flops, model_params
 from splitldm.analysis.limits import awgn_capacity
 from splitldm.eval.quality import QualityTable
 from splitldm.rl.envs.meg import stand_in_quality_table
@@ -56,16 +56,10 @@ __all__ = ["GenModel", "default_catalog", "model_memory_gb", "ModelCaching", "Re
 
 @functools.lru_cache(maxsize=16)
 def model_memory_gb(name: str, bytes_per_param: int = 2) -> float:
-    """Memory of config ``name``'s weights (UNet + VAE + text encoders) in GB (1e9 bytes), parameters
-    counted on the meta device (no weights are built), ``bytes_per_param`` 2 = fp16."""
-    from splitldm.pipeline.models import build_text_encoder, build_unet, build_vae, get_spec
-
-    spec = get_spec(name)
-    n = sum(p.numel() for p in build_unet(name, device="meta").parameters())
-    n += sum(p.numel() for p in build_vae(name, device="meta").parameters())
-    for i in range(len(spec.text_encoders)):
-        n += sum(p.numel() for p in build_text_encoder(name, index=i, device="meta").parameters())
-    return n * bytes_per_param / 1e9
+    """Memory of config ``name``'s weights (denoiser + VAE + text encoders) in GB (1e9 bytes), parameters
+    counted on the meta device by `splitldm.analysis.costs.model_params` (any family: UNet and DiT names),
+    ``bytes_per_param`` 2 = fp16."""
+    return model_params(name) * bytes_per_param / 1e9
 
 
 @dataclass(frozen=True)
