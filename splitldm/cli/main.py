@@ -19,6 +19,10 @@ def _seed_generator(seed: int):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if getattr(args, "edge", None):  # the UE of a `splitldm serve-edge` service
+        from splitldm.cli.serve import generate_remote
+
+        return generate_remote(args)
     from splitldm.link.stack import Link
     from splitldm.pipeline.models import SCHEDULERS, load_pipeline
     from splitldm.pipeline.split import SplitPipeline
@@ -96,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default=None, help="ddim, euler, euler-a, dpm++, lcm, pndm")
     g.add_argument("--condition", default="prompt", choices=["prompt", "embeddings"])
     g.add_argument("--out", default="out/generate.png")
+    from splitldm.cli.serve import add_edge_arguments
+
+    add_edge_arguments(g)  # --edge URL and its options
     g.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("profile", help="cut table of a denoiser (UNet stages or DiT blocks): bytes, parameters "

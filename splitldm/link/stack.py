@@ -245,15 +245,44 @@ class Link(nn.Module):
                 context.update(ctx.items())
 
     def _run(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
+        return self._receive(self._send(payload, context, generator), context, generator)
+
+    def _send(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         for stage in self.stages:
             stage.prepare(payload, context, generator)
         payload = payload.replace()
         payload.history.append(StageRecord("input", "send", payload.num_bits(), payload.channel_uses()))
         for stage in self.stages:
             payload = self._record(stage, "send", stage.send(payload, context, generator))
+        return payload
+
+    def _receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
         for stage in reversed(self.stages):
             payload = self._record(stage, "receive", stage.receive(payload, context, generator))
         return payload
+
+    def send_half(self, payload: Payload, generator: torch.Generator | None = None,
+                  context: LinkContext | dict[str, Any] | None = None) -> tuple[Payload, LinkContext]:
+        """The ES half: every stage's ``prepare``, then every ``send`` in order (the channel included).
+
+        Returns ``(sent, context)``: what leaves the channel and the `LinkContext` the stages filled.
+        ``send_half`` then `receive_half` with the same context and generator equals one `forward`
+        call, bit for bit (`splitldm.serve` runs the two halves in two processes).
+        """
+        if not isinstance(payload, Payload):
+            raise TypeError(f"payload: expected a Payload, got {type(payload).__name__}")
+        ctx = LinkContext.coerce(context)
+        return self._send(payload, ctx, default_generator(generator)), ctx
+
+    def receive_half(self, payload: Payload, context: LinkContext | dict[str, Any],
+                     generator: torch.Generator | None = None) -> Payload:
+        """The UE half: every stage's ``receive`` in reverse order, reading ``context`` (what the
+        receiver knows: SNR, fading gains, channel layout; see `LinkContext`)."""
+        if not isinstance(payload, Payload):
+            raise TypeError(f"payload: expected a Payload, got {type(payload).__name__}")
+        if context is None:
+            raise TypeError("context: receive_half needs the LinkContext of the send half (what the receiver knows)")
+        return self._receive(payload, LinkContext.coerce(context), default_generator(generator))
 
     @staticmethod
     def _record(stage: LinkStage, direction: str, payload: Payload) -> Payload:

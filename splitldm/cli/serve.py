@@ -1,0 +1,115 @@
+"""``splitldm serve-edge``: run the ES service; ``splitldm generate --edge URL``: the UE against it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token_file", None):
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--token-file: no file {path}")
+        return path.read_text().strip() or None
+    env = getattr(args, "token_env", None)
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ValueError(f"--token-env: environment variable {env} is not set")
+        return value
+    return None
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_serve_edge(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from splitldm.link.codec import SeedCodec
+    from splitldm.pipeline.models import load_pipeline
+    from splitldm.serve.app import EdgeService, ServeConfig, create_app
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port: expected 1..65535, got {args.port}")
+    config = ServeConfig(max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000.0,
+                         max_request_bytes=args.max_request_bytes, max_concurrency=args.max_concurrency,
+                         read_timeout_s=args.read_timeout, token=_token(args), channel=args.channel, csi=args.csi,
+                         ratios=args.merge_ratios, split_step=args.split_step, merge_ratio=args.merge_ratio,
+                         pad_batches=not args.no_pad)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
+        logging.getLogger(__name__).warning("serve-edge: binding %s without a token", args.host)
+    pipe = load_pipeline(args.model)
+    service = EdgeService(pipe, SeedCodec.from_pretrained(args.codec), config, codec_name=args.codec)
+    print(json.dumps({"serving": f"http://{args.host}:{args.port}", "session": service.handshake.session,
+                      "model": service.handshake.model, "handshake_bits": service.handshake.bits}), flush=True)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_keep_alive=5)
+    return 0
+
+
+def add_edge_arguments(g: argparse.ArgumentParser) -> None:
+    """The ``generate`` options of the remote mode (``--edge URL``)."""
+    g.add_argument("--edge", default=None, metavar="URL",
+                   help="run the ES part on a `splitldm serve-edge` service at URL (this process is the UE)")
+    g.add_argument("--snr-db", type=float, default=10.0, help="with --edge: the UE's channel report (dB)")
+    g.add_argument("--merge-ratio", type=float, default=None, help="with --edge: requested merge ratio")
+    g.add_argument("--link-seed", type=int, default=0, help="with --edge: seed of the emulated channel")
+    g.add_argument("--token-env", default=None, help="with --edge: environment variable holding the shared token")
+    g.add_argument("--token-file", default=None, help="with --edge: file holding the shared token")
+
+
+def generate_remote(args: argparse.Namespace) -> int:
+    """``splitldm generate --edge URL``: one image, the ES part on the service."""
+    from splitldm.serve.client import RemoteEdge, RemoteError
+
+    if args.scheduler is not None or args.split_stage is not None or args.condition != "prompt":
+        raise ValueError("--edge: the service fixes the scheduler and sends the prompt condition; "
+                         "leave --scheduler, --split-stage and --condition at their defaults")
+    start = time.perf_counter()
+    try:
+        with RemoteEdge(args.edge, args.model, token=_token(args)) as edge:
+            out = edge.generate(args.prompt, seed=args.seed, link_seed=args.link_seed, snr_db=args.snr_db,
+                                steps=args.steps, guidance_scale=args.guidance_scale, split_step=args.split_step,
+                                merge_ratio=args.merge_ratio)
+    except RemoteError as exc:
+        raise ValueError(str(exc)) from None
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.images[0].save(path)
+    print(json.dumps({"out": str(path), "edge": args.edge, "split_step": out.received.split_step,
+                      "merge_ratio": out.received.merge_ratio, **out.received.bits,
+                      "seconds": round(time.perf_counter() - start, 3)}))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve-edge", help="run the edge-server (ES) service (FastAPI + uvicorn)")
+    p.add_argument("--model", default="tiny", help="shipped name, local folder or hub id (an SD-type pipeline)")
+    p.add_argument("--codec", default="seed-codec", help="seed codec: zoo name or folder (the UE loads the same)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--channel", default="rayleigh", choices=["awgn", "rayleigh"], help="emulated channel")
+    p.add_argument("--csi", default="mmse", choices=["none", "phase", "zf", "mmse"])
+    p.add_argument("--split-step", type=int, default=2, help="default split step (the UE may ask for another)")
+    p.add_argument("--merge-ratio", type=float, default=0.0, help="default merge ratio (one of --merge-ratios)")
+    p.add_argument("--merge-ratios", type=_ratios, default=(0.0, 0.25, 0.5, 0.75), help="ratio table (<= 8)")
+    p.add_argument("--max-batch", type=int, default=8, help="most images per batch")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait for a batch to fill")
+    p.add_argument("--no-pad", action="store_true", help="do not pad batches to --max-batch")
+    p.add_argument("--max-request-bytes", type=int, default=64 * 1024)
+    p.add_argument("--max-concurrency", type=int, default=64)
+    p.add_argument("--read-timeout", type=float, default=10.0, help="seconds to receive a request body")
+    p.add_argument("--token-env", default=None, help="environment variable holding the shared token")
+    p.add_argument("--token-file", default=None, help="file holding the shared token")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_serve_edge)
