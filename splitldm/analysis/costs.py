@@ -36,6 +36,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from splitldm.analysis.limits import awgn_capacity
+
 __all__ = [
     "ModelFlops", "count_flops", "model_flops", "unet_step_flops", "dit_step_flops", "text_encode_flops",
     "vae_decode_flops", "model_params",
@@ -457,7 +459,7 @@ def channel_rate_bps(bandwidth_hz: float, snr_db_value) -> float:
     s = np.asarray(snr_db_value, dtype=float)
     if np.any(np.isnan(s)):
         raise ValueError("snr_db: NaN")
-    out = bandwidth_hz * np.log2(1 + 10 ** (s / 10))
+    out = bandwidth_hz * np.asarray(awgn_capacity(s))
     return float(out) if out.ndim == 0 else out
 
 
