@@ -16,6 +16,10 @@ def _run(args: argparse.Namespace) -> int:
     from splitldm.eval.threads import set_threads
 
     threads = set_threads(args.threads)
+    if not args.progress:  # the application's choice: no diffusers loading bars either
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("splitldm").setLevel(logging.WARNING if args.quiet else logging.INFO)
     config = DemoConfig(num_prompts=args.num_prompts, steps=args.steps, split_step=args.split_step,

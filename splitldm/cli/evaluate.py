@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from splitldm.eval.threads import set_threads
 
     set_threads(args.threads)
+    if not args.progress:  # the application's choice: no diffusers loading bars either
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("splitldm").setLevel(logging.WARNING if args.quiet else logging.INFO)
     cfg = EvalConfig.from_yaml(args.config, output=args.output, pipeline=args.pipeline, codecs=args.codecs,
