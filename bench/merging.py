@@ -116,9 +116,9 @@ def bench_link(ratios, num_images: int) -> dict:
     decoders = {"stock": vae}
     ft_dir = checkpoints_dir() / "merge-decoder"
     if (ft_dir / "decoder.safetensors").exists():
-        from splitldm.recipes.merge_decoder import load_merge_decoder
+        from splitldm.pipeline.merge_decoder import MergeAwareDecoder
 
-        decoders["merge-aware"] = load_merge_decoder(vae, ft_dir)
+        decoders["merge-aware"] = MergeAwareDecoder.from_pretrained(ft_dir).apply_to(vae)
     images, _, _ = render_batch(range(num_images), split="test")
     sf = vae.config.scaling_factor
     latents = vae.encode(images * 2 - 1).latent_dist.mean * sf
