@@ -38,6 +38,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "classifier": ("classifier", "attribute classifier of the embedded shapes data"),
     "merge-decoder": ("merge-decoder", "VAE decoder fine-tuned for merged and noisy latents"),
     "quality": ("quality", "measured quality tables (steps x merge ratio x SNR)"),
+    "codec-bank": ("codec-bank", "SeedCodecBank for tiny's UNet cut before 'output' (step 4 of 8), 34 uses/image"),
 }
 
 
