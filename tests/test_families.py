@@ -45,8 +45,8 @@ def _gen():
     return torch.Generator().manual_seed(7)
 
 
-def _check_all_steps(pipe, kwargs, condition="prompt", steps=STEPS):
-    kwargs = dict(kwargs, num_inference_steps=steps, num_images_per_prompt=2, output_type="np")
+def _check_all_steps(pipe, kwargs, condition="prompt", steps=STEPS, per_prompt=1):
+    kwargs = dict(kwargs, num_inference_steps=steps, num_images_per_prompt=per_prompt, output_type="np")
     reference = pipe(PROMPTS, generator=_gen(), **kwargs).images
     for k in range(steps + 1):
         split = SplitPipeline(pipe, split_step=k, condition=condition, link=Link([SerializeBytes()]))
@@ -67,7 +67,7 @@ def test_step_split_equals_family_pipeline(family, scheduler, cfg):
 @pytest.mark.parametrize("family", list(CASES) + ["sd"])
 def test_embeddings_condition_equals_family_pipeline(family):
     name, _, kwargs, on, _ = CASES.get(family, ("micro-random", None, {}, dict(guidance_scale=5.0), None))
-    out = _check_all_steps(_pipe(name), dict(kwargs, **on), condition="embeddings")
+    out = _check_all_steps(_pipe(name), dict(kwargs, **on), condition="embeddings", per_prompt=2)
     assert "prompt_embeds" in out.sent.tensors and out.sent.meta["settings"]["prompt"] == ["", ""]
 
 
@@ -135,10 +135,14 @@ def test_save_load_round_trip(tmp_path, name):
                   num_inference_steps=2, output_type="np")
     a = pipe(PROMPTS[0], generator=_gen(), **kwargs).images
     b = loaded(PROMPTS[0], generator=_gen(), **kwargs).images
-    np.testing.assert_array_equal(a, b)
-    # ES and UE loaded from the same folder: the exact split accepts the other copy.
+    # Same weights; a loaded copy's tensors sit at other memory alignments, which can change a
+    # BLAS reduction order (SDXL's pooled projection: 2.4e-7), so the copies agree to float noise ...
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # ... and the loaded pipeline splits exactly; ES and UE copies have the same fingerprint.
+    out = SplitPipeline(loaded, split_step=1, link=Link([SerializeBytes()]))(PROMPTS[0], generator=_gen(), **kwargs)
+    np.testing.assert_array_equal(out.images, b)
     out = SplitPipeline(pipe, split_step=1, device_pipe=loaded)(PROMPTS[0], generator=_gen(), **kwargs)
-    np.testing.assert_array_equal(out.images, a)
+    np.testing.assert_allclose(out.images, a, atol=1e-5)
 
 
 def test_load_refuses_folder_without_tokenizer_or_unsupported(tmp_path):
@@ -196,7 +200,9 @@ def test_sdxl_handoff_to_an_lcm_student():
     student = build_pipeline("sdxl-tiny-random", seed=0, scheduler="lcm")
     with torch.random.fork_rng():
         torch.manual_seed(9)
-        student.unet = UNet2DConditionModel.from_config(dict(teacher.unet.config, time_cond_proj_dim=16)).eval()
+        student.unet = UNet2DConditionModel.from_config(
+            {k: v for k, v in teacher.unet.config.items() if not k.startswith("_")} | {"time_cond_proj_dim": 16}).eval()
+    assert student.unet.config.time_cond_proj_dim == 16
     assert latent_space_fingerprint(student) == latent_space_fingerprint(teacher)
     split = SplitPipeline(teacher, split_step=2, device_pipe=student, device_steps=2, generator_state="seed")
     out = split(PROMPTS[0], num_inference_steps=4, guidance_scale=5.0, generator=_gen(), output_type="np")
@@ -220,7 +226,7 @@ def test_flux_dev_handoff_to_schnell():
     state = split._unpack(out.received)
     assert state.num_steps == 2 and state.derived["guidance"] is None  # schnell: no guidance input
     assert float(state.scheduler.sigmas[0]) == pytest.approx(out.sent.meta["next_sigma"], abs=1e-6)
-    with pytest.raises(ValueError, match="use_dynamic_shifting"):
-        SplitPipeline(schnell, split_step=1, device_pipe=dev, device_steps=2).device(
-            SplitPipeline(schnell, split_step=1).edge(PROMPTS[0], num_inference_steps=2, **{k: v for k, v in kwargs.items()
-                                                                                          if k != "output_type"}))
+    payload = SplitPipeline(schnell, split_step=1).edge(PROMPTS[0], num_inference_steps=2, height=64, width=64,
+                                                        max_sequence_length=8)
+    with pytest.raises(ValueError, match="use_dynamic_shifting"):  # dev's shift depends on the image size
+        SplitPipeline(schnell, split_step=1, device_pipe=dev, device_steps=2).device(payload)

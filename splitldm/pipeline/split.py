@@ -59,10 +59,15 @@ CONDITIONS = ("prompt", "embeddings")
 GENERATOR_STATES = ("full", "seed", "none")
 
 
+#: Config keys transformers fills in on `save_pretrained` (they do not change what a model computes).
+_BOOKKEEPING = frozenset({"architectures", "dtype", "torch_dtype"})
+
+
 def _config_digest(h, config) -> None:
     """Hash a model config, leaving out bookkeeping (``_name_or_path``, library versions, ...)."""
     items = dict(config) if not hasattr(config, "to_dict") else config.to_dict()
-    kept = {k: v for k, v in items.items() if not k.startswith("_") and not k.endswith("_version")}
+    kept = {k: v for k, v in items.items() if not k.startswith("_") and not k.endswith("_version")
+            and k not in _BOOKKEEPING}
     h.update(json.dumps(kept, sort_keys=True, default=str).encode())
 
 
