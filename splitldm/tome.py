@@ -8,7 +8,8 @@ Three layers, each usable on its own:
   source, matched to its most similar destination; the ``r = int(ratio * N)`` best-matching sources
   are merged into their destinations by averaging. The plan is explicit (integer index tensors), so
   it can be applied to any tensor on the same tokens (`MergePlan.merge` / `MergePlan.unmerge`) and
-  serialised as compact side information (`MergePlan.encode` / `MergePlan.decode`).
+  serialised as compact side information (`MergePlan.encode` / `MergePlan.decode`, with a CRC-16 so a
+  damaged map is refused, never unmerged wrongly).
 * `apply_patch(unet, ratio)` / `remove_patch(unet)`: merge tokens before self-attention (optionally
   cross-attention and the MLP) of every ``BasicTransformerBlock`` of a diffusers UNet at the chosen
   resolutions, unmerge after. Done with removable forward hooks; no module class is swapped.
@@ -23,6 +24,7 @@ With that single map, merge is one ``index_add`` and unmerge one ``index_select`
 
 from __future__ import annotations
 
+import binascii
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 _SIMILARITIES = ("cosine", "euclidean")
+#: Bits of the CRC-16 appended to every encoded index map (counted in `side_info_bits`).
+INDEX_CHECK_BITS = 16
+#: Largest token grid (H * W) an index map may describe: a bound checked before anything is allocated.
+MAX_TOKENS = 1 << 24
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,12 +217,15 @@ class MergePlan:
         return side_info_bits(self.size, self.r, self.sx, self.sy, self.choice is not None, self.batch_size)
 
     def encode(self) -> torch.Tensor:
-        """The plan as a packed bit stream: ``(ceil(bits / 8),)`` uint8 (see `side_info_bits`).
+        """The plan as a packed bit stream plus its check: ``(ceil(bits / 8),)`` uint8 (see `side_info_bits`).
 
         Layout, MSB first: the window choices (``ceil(log2(sx*sy))`` bits per window, only when the
         destinations were random), then per sequence: one merged flag per source (raster order)
-        followed by the destination index of each merged source (``ceil(log2 D)`` bits each).
-        The receiver needs ``size, sx, sy, r, random, B`` (sent in the payload metadata).
+        followed by the destination index of each merged source (``ceil(log2 D)`` bits each); zero
+        padding to a whole byte; then a CRC-16/CCITT (``binascii.crc_hqx``, initial value 0xFFFF,
+        big-endian, `INDEX_CHECK_BITS`) of the bytes before it, so a flipped bit is refused by
+        `decode` rather than unmerged wrongly. The receiver needs ``size, sx, sy, r, random, B``
+        (sent in the payload metadata).
         """
         stream = []
         if self.choice is not None:  # shared by the batch: sent once
@@ -229,21 +238,46 @@ class MergePlan:
             order = torch.argsort((~merged).to(torch.int8), dim=1, stable=True)[:, : self.r]
             per_seq.append(_to_bits(self.src_dst.cpu().gather(1, order), width))
         stream.append(torch.cat([t.to(torch.uint8) for t in per_seq], dim=1).reshape(-1))
-        return _pack_bits(torch.cat(stream))
+        packed = _pack_bits(torch.cat(stream))
+        check = _crc16(packed).to_bytes(INDEX_CHECK_BITS // 8, "big")
+        return torch.cat([packed, torch.tensor(list(check), dtype=torch.uint8)])
 
     @classmethod
     def decode(cls, data: torch.Tensor, size: tuple[int, int], r: int, sx: int = 2, sy: int = 2,
                random: bool = False, batch_size: int = 1, device: torch.device | str = "cpu") -> "MergePlan":
-        """Rebuild a plan from `encode` output; bad data raises ValueError naming ``data``."""
+        """Rebuild a plan from `encode` output. Checked, in order: the arguments (types and ranges:
+        ``0 <= r <=`` number of sources, windows inside the grid), the length of ``data``, its CRC-16,
+        zero padding, then the structure: window choices in range, exactly ``r`` merged flags per
+        sequence, destination indices in ``[0, D)``. Any failure raises ValueError (TypeError for a
+        wrong type) naming ``data`` or the argument; nothing is unmerged from a damaged map."""
         h, w = _check_size(size)
         sx, sy = _check_pos_int(sx, "sx"), _check_pos_int(sy, "sy")
         batch_size = _check_pos_int(batch_size, "batch_size")
+        if not isinstance(random, bool):
+            raise TypeError(f"random: expected a bool, got {type(random).__name__}")
+        if h * w > MAX_TOKENS:
+            raise ValueError(f"size: {h}x{w} tokens exceed the limit of {MAX_TOKENS}")
+        if sx > w or sy > h:
+            raise ValueError(f"sx, sy: window {sx}x{sy} larger than the {h}x{w} grid")
+        n_dst = (h // sy) * (w // sx)
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise TypeError(f"r: expected an int, got {type(r).__name__}")
+        if not 0 <= r <= h * w - n_dst:
+            raise ValueError(f"r: expected an int in [0, {h * w - n_dst}] (the number of sources), got {r}")
         if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.ndim != 1:
             raise ValueError("data: expected a 1-D uint8 tensor from MergePlan.encode")
         total = side_info_bits((h, w), r, sx, sy, random, batch_size)
         if data.numel() != (total + 7) // 8:
             raise ValueError(f"data: expected {(total + 7) // 8} bytes for this plan, got {data.numel()}")
-        bits = _unpack_bits(data.cpu(), total)
+        check_bytes = INDEX_CHECK_BITS // 8
+        raw = bytes(data.cpu().numpy().tobytes())
+        if _crc16(raw[:-check_bytes]) != int.from_bytes(raw[-check_bytes:], "big"):
+            raise ValueError("data: index map check (CRC-16) failed: the map is damaged")
+        stream_bits = total - INDEX_CHECK_BITS
+        bits = _unpack_bits(data[:-check_bytes].cpu(), 8 * (data.numel() - check_bytes))
+        if bits[stream_bits:].any():
+            raise ValueError("data: non-zero padding after the index map")
+        bits = bits[:stream_bits]
         hs, ws = h // sy, w // sx
         pos = 0
         choice = None
@@ -273,13 +307,24 @@ class MergePlan:
 
 def side_info_bits(size: tuple[int, int], r: int, sx: int = 2, sy: int = 2, random: bool = False,
                    batch_size: int = 1) -> int:
-    """Exact bits of a plan's index map: window choices (if random) + per sequence ``S + r * ceil(log2 D)``."""
+    """Exact bits of a plan's index map as `MergePlan.encode` writes it: window choices (if random) + per
+    sequence ``S + r * ceil(log2 D)``, + the `INDEX_CHECK_BITS` CRC-16 (the zero padding of the
+    stream to a whole byte, before the check, is not counted: the map is ``ceil(bits / 8)`` bytes).
+    """
     h, w = size
     hs, ws = h // sy, w // sx
     n_dst = hs * ws
     n_src = h * w - n_dst
     bits = hs * ws * _bit_width(sx * sy) if random else 0
-    return bits + batch_size * (n_src + (r * _bit_width(n_dst) if r else 0))
+    stream = bits + batch_size * (n_src + (r * _bit_width(n_dst) if r else 0))
+    return stream + INDEX_CHECK_BITS
+
+
+def _crc16(data: bytes | torch.Tensor) -> int:
+    """CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF) of ``data``."""
+    if isinstance(data, torch.Tensor):
+        data = bytes(data.cpu().numpy().tobytes())
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def _choice_key(choice: torch.Tensor) -> bytes:

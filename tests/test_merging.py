@@ -105,7 +105,8 @@ def test_encode_decode_round_trip_exact_bits(random):
     plan = plan_merge(x, (6, 10), 0.4, sx=2, sy=3, generator=g)
     data = plan.encode()
     n_dst = (6 // 3) * (10 // 2)
-    want = (n_dst * math.ceil(math.log2(6)) if random else 0) + 3 * ((60 - n_dst) + plan.r * math.ceil(math.log2(n_dst)))
+    want = (n_dst * math.ceil(math.log2(6)) if random else 0) + 3 * ((60 - n_dst) + plan.r * math.ceil(math.log2(n_dst))) \
+        + 16  # the index map's CRC-16
     assert plan.side_info_bits() == want == side_info_bits((6, 10), plan.r, 2, 3, random, 3)
     assert data.dtype == torch.uint8 and data.numel() == math.ceil(want / 8)
     back = MergePlan.decode(data, (6, 10), plan.r, sx=2, sy=3, random=random, batch_size=3)
@@ -232,7 +233,7 @@ def test_token_merge_bits_exact_and_round_trip(use_rand, dtype):
     m = 64 - rec["r"]
     assert rec["r"] == 32 and sent.tensors["latents"].shape == (2, 4, 1, m)
     bits = side_info_bits((8, 8), 32, 2, 2, use_rand, 2)
-    assert rec["side_info_bits"] == bits == (16 * 2 if use_rand else 0) + 2 * (48 + 32 * 4)
+    assert rec["side_info_bits"] == bits == (16 * 2 if use_rand else 0) + 2 * (48 + 32 * 4) + 16  # + CRC-16
     elem = torch.finfo(dtype).bits
     assert sent.tensor_bits(["latents"]) == 2 * 4 * m * elem
     assert sent.tensor_bits(["latents.merge_index"]) == 8 * math.ceil(bits / 8)

@@ -12,7 +12,7 @@ import torch
 
 from splitldm.link.payload import Payload
 from splitldm.link.stack import LinkContext, LinkStage
-from splitldm.tome import _SIMILARITIES, MergePlan, _check_pos_int, _check_ratio, plan_merge
+from splitldm.tome import _SIMILARITIES, MAX_TOKENS, MergePlan, _check_pos_int, _check_ratio, plan_merge, side_info_bits
 
 _META_KEY = "token_merge"
 _INDEX_SUFFIX = ".merge_index"
@@ -28,7 +28,10 @@ class TokenMerge(LinkStage):
     ``ceil(bits / 8)`` bytes, ``bits = side_info_bits(...)`` (exact figure also in
     ``meta["token_merge"][name]["side_info_bits"]``). So ``payload.tensor_bits()`` after send is
     ``B*C*M*dtype_bits + 8*ceil(bits/8)`` for each merged tensor. Receive unmerges back to
-    ``(B, C, H, W)``: each merged source takes its destination's received value.
+    ``(B, C, H, W)``: each merged source takes its destination's received value. What arrives is
+    untrusted: the merge record is checked field by field (types, ranges, ``side_info_bits``
+    consistent with the rest) and the index map by `MergePlan.decode` (length, CRC-16, structure), so
+    a damaged record or map raises ValueError / TypeError naming it and is never unmerged wrongly.
 
     :input: each targeted primary tensor ``x`` ``(B, C, H, W)``, real floating.
     :output: ``send``: ``(B, C, 1, M)`` merged tokens (``x``'s dtype) plus ``"<name>.merge_index"``
@@ -115,35 +118,92 @@ class TokenMerge(LinkStage):
         return payload.replace(tensors=tensors, meta={**payload.meta, _META_KEY: info})
 
     def receive(self, payload: Payload, context: LinkContext, generator: torch.Generator) -> Payload:
-        info = payload.meta.get(_META_KEY)
-        if not info:  # nothing was merged (ratio 0, or no TokenMerge upstream)
+        if _META_KEY not in payload.meta:  # nothing was merged (ratio 0, or no TokenMerge upstream)
             return payload
+        info = payload.meta[_META_KEY]
         if not isinstance(info, dict):
-            raise ValueError(f"payload.meta[{_META_KEY!r}]: expected a dict of per-tensor merge records")
+            raise ValueError(f"payload.meta[{_META_KEY!r}]: expected a dict of per-tensor merge records, "
+                             f"got {type(info).__name__}")
+        if not info:
+            return payload
         tensors = dict(payload.tensors)
         for name, rec in info.items():
             index_name = name + _INDEX_SUFFIX
             if name not in tensors or index_name not in tensors:
                 raise ValueError(f"payload: index map {index_name!r} or tensor {name!r} missing")
-            try:
-                (h, w), r, sx, sy = rec["size"], int(rec["r"]), int(rec["sx"]), int(rec["sy"])
-                random, b = bool(rec["random"]), int(rec["batch"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"payload.meta[{_META_KEY!r}][{name!r}]: malformed merge record ({exc})") from exc
+            h, w, r, sx, sy, random, b, form = _check_record(name, rec)
             y = tensors[name]
             m = h * w - r
             if y.ndim != 4 or y.shape[0] != b or y.shape[2] != 1 or y.shape[3] != m:
                 raise ValueError(f"payload.tensors[{name!r}]: expected merged tokens ({b}, C, 1, {m}) for the "
                                  f"index map, got {tuple(y.shape)}")
+            if not y.is_floating_point():
+                raise TypeError(f"payload.tensors[{name!r}]: expected real floating merged tokens, got {y.dtype}")
+            _check_form(name, form, y.shape[1])
             try:
                 plan = MergePlan.decode(tensors.pop(index_name), (h, w), r, sx=sx, sy=sy, random=random,
                                         batch_size=b, device=y.device)
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:
                 raise ValueError(f"payload.tensors[{index_name!r}]: index map does not match ({exc})") from exc
             tokens = plan.unmerge(y.squeeze(2).transpose(1, 2))  # (B, N, C)
             tensors[name] = _from_tokens(name, tokens, (h, w), rec.get("form"))
         meta = {k: v for k, v in payload.meta.items() if k != _META_KEY}
         return payload.replace(tensors=tensors, meta=meta)
+
+
+# ------------------------------------------------------------------ the received merge record
+
+def _record_int(name: str, rec: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = rec.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"payload.meta[{_META_KEY!r}][{name!r}][{key!r}]: expected an int, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"payload.meta[{_META_KEY!r}][{name!r}][{key!r}]: expected an int in [{low}, {high}], "
+                         f"got {value}")
+    return value
+
+
+def _check_record(name: str, rec: Any):
+    """The fields of a received merge record, checked: ``(h, w, r, sx, sy, random, batch, form)``."""
+    where = f"payload.meta[{_META_KEY!r}][{name!r}]"
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: malformed merge record (expected a dict, got {type(rec).__name__})")
+    missing = [k for k in ("size", "r", "sx", "sy", "random", "batch", "side_info_bits") if k not in rec]
+    if missing:
+        raise ValueError(f"{where}: malformed merge record (missing {missing})")
+    size = rec["size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise ValueError(f"{where}['size']: expected [h, w], got {size!r}")
+    h = _record_int(name, {"size[0]": size[0]}, "size[0]", 1, MAX_TOKENS)
+    w = _record_int(name, {"size[1]": size[1]}, "size[1]", 1, MAX_TOKENS // h)
+    sx = _record_int(name, rec, "sx", 1, w)
+    sy = _record_int(name, rec, "sy", 1, h)
+    r = _record_int(name, rec, "r", 0, h * w - (h // sy) * (w // sx))
+    b = _record_int(name, rec, "batch", 1, MAX_TOKENS)
+    random = rec["random"]
+    if not isinstance(random, bool):
+        raise TypeError(f"{where}['random']: expected a bool, got {random!r}")
+    bits = side_info_bits((h, w), r, sx, sy, random, b)
+    if rec["side_info_bits"] != bits or isinstance(rec["side_info_bits"], bool):
+        raise ValueError(f"{where}['side_info_bits']: {rec['side_info_bits']!r} does not match the record "
+                         f"({bits} bits for size {h}x{w}, r={r}, batch {b})")
+    return h, w, r, sx, sy, random, b, rec.get("form")
+
+
+def _check_form(name: str, form: Any, channels: int) -> None:
+    """A received token layout record must be one `_to_tokens` writes, consistent with ``channels``."""
+    where = f"payload.meta[{_META_KEY!r}][{name!r}]['form']"
+    if form is None:
+        return
+    kind = form.get("kind") if isinstance(form, dict) else None
+    if kind == "packed" and set(form) == {"kind"}:
+        return
+    if kind == "patch" and set(form) == {"kind", "patch", "channels"}:
+        p, c = form["patch"], form["channels"]
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (p, c)) and c * p * p == channels:
+            return
+        raise ValueError(f"{where}: patch {p!r} x channels {c!r} do not give the {channels} values of a token")
+    raise ValueError(f"{where}: unknown token layout {form!r}")
 
 
 # ------------------------------------------------------------------ token layouts (patches, packed latents)

@@ -2,13 +2,27 @@
 
 A `Payload` holds named tensors and the JSON metadata the device needs. Real-valued tensors are the
 *digital* part (counted in bits); complex64 tensors are channel symbols (counted in channel uses).
-It serialises to bytes and back losslessly with safetensors.
+It serialises to bytes and back losslessly with safetensors, followed by an integrity check::
+
+    safetensors bytes (u64 header length | JSON header | tensor data) | CRC32 u32 (little-endian)
+
+The CRC32 (``zlib.crc32``, IEEE 802.3 polynomial) covers every byte before it: header, metadata and
+tensor data. It is checked by `Payload.from_bytes` before anything else is parsed, so a flipped bit
+anywhere is refused with a `PayloadError`, never decoded into a different payload. Why a CRC32 and not
+a cryptographic hash: the threat it answers is accidental corruption (a storage or transport error),
+for which CRC32 detects every burst of up to 32 bits, every 1- and 2-bit error in any message shorter
+than 2**32 bits (Hamming distance 3; every 3-bit error too up to 91,607 bits, Koopman's tables) and
+misses a random corruption with probability 2**-32, at 32 bits instead of a hash's 256. It is not an
+authenticity check (anyone can recompute it); what a crafted payload may contain is bounded by the
+schema checks of its receiver (`splitldm.pipeline.payload_schema` for `SplitPipeline`). `num_bits`
+counts the CRC: 32 bits more than the bare safetensors bytes (format version 2; version 1 had none).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -17,7 +31,13 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 _META_KEY = "splitldm"
-FORMAT_VERSION = 1
+#: Version of the byte format (2: safetensors + CRC32 trailer; 1, without a check, is refused).
+FORMAT_VERSION = 2
+#: Bits of the integrity check appended to the serialised payload (counted in `Payload.num_bits`).
+CHECKSUM_BITS = 32
+#: Largest JSON header accepted, bytes (as safetensors' own limit): checked before it is read.
+MAX_HEADER_BYTES = 100_000_000
+_CRC_BYTES = CHECKSUM_BITS // 8
 
 
 @dataclass(frozen=True)
@@ -74,12 +94,16 @@ class Payload:
         if isinstance(self.primary, str):
             raise TypeError("primary: expected a tuple of tensor names, got a str")
         self.primary = tuple(self.primary)
+        if not all(isinstance(p, str) for p in self.primary):
+            raise TypeError(f"primary: expected tensor names (str), got {list(self.primary)!r}")
         missing = [p for p in self.primary if p not in self.tensors]
         if missing:
             raise ValueError(f"primary: names {missing} are not among the payload tensors {sorted(self.tensors)}")
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta: expected a dict, got {type(self.meta).__name__}")
         try:
             json.dumps(self.meta)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise TypeError(f"meta: must be JSON-serialisable ({exc})") from exc
 
     # ----------------------------------------------------------------- size
@@ -98,7 +122,8 @@ class Payload:
         return sum(digital[n].numel() * digital[n].element_size() * 8 for n in names if n in digital)
 
     def num_bits(self) -> int:
-        """Exact size in bits of the serialised digital part: tensor data + header + metadata."""
+        """Exact size in bits of the serialised digital part: tensor data + header + metadata + the
+        32-bit CRC (`CHECKSUM_BITS`)."""
         return 8 * len(self._serialize(self.digital_tensors()))
 
     def channel_uses(self) -> int:
@@ -123,35 +148,91 @@ class Payload:
     def _serialize(self, tensors: Mapping[str, torch.Tensor]) -> bytes:
         header = {"version": FORMAT_VERSION, "meta": self.meta, "primary": list(self.primary)}
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        return _st_save(contiguous, metadata={_META_KEY: json.dumps(header, sort_keys=True)})
+        body = _st_save(contiguous, metadata={_META_KEY: json.dumps(header, sort_keys=True)})
+        return body + struct.pack("<I", zlib.crc32(body))
 
     def to_bytes(self) -> bytes:
-        """All tensors (symbols included) and metadata as safetensors bytes; `from_bytes` inverts it."""
+        """All tensors (symbols included) and metadata as safetensors bytes + CRC32; `from_bytes` inverts it."""
         return self._serialize(self.tensors)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Payload":
-        """Decode `to_bytes` output. Corrupt or foreign bytes raise `PayloadError` (a ValueError)."""
+        """Decode `to_bytes` output. Damaged, foreign or malformed bytes raise `PayloadError` (a
+        ValueError) naming what failed: ``crc32`` (checked first, over all bytes), ``version``, the
+        ``header`` length or JSON, or a ``meta`` / ``primary`` / tensor entry of the wrong shape."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected bytes, got {type(data).__name__}")
         data = bytes(data)
+        if len(data) < 8 + 2 + _CRC_BYTES:  # length field, "{}", check
+            raise PayloadError(f"data: {len(data)} bytes is too short for a splitldm payload")
+        body, (crc,) = data[:-_CRC_BYTES], struct.unpack("<I", data[-_CRC_BYTES:])
+        if zlib.crc32(body) != crc:
+            version = _peek_version(data)  # a payload of another format version has no (or another) check
+            if version is not None and version != FORMAT_VERSION:
+                raise PayloadError(f"data: payload format version {version!r} is not supported (this library "
+                                   f"reads version {FORMAT_VERSION})")
+            raise PayloadError("data: crc32 check failed: the payload bytes are damaged (integrity check mismatch)")
+        header = _read_header(body)
+        info = _header_field(header)
+        version = info.get("version")
+        if version != FORMAT_VERSION:
+            raise PayloadError(f"data: payload format version {version!r} is not supported (this library "
+                               f"reads version {FORMAT_VERSION})")
+        meta, primary = info.get("meta"), info.get("primary")
+        if not isinstance(meta, dict):
+            raise PayloadError(f"data: header field 'meta' must be a JSON object, got {type(meta).__name__}")
+        if not isinstance(primary, list) or not all(isinstance(p, str) for p in primary):
+            raise PayloadError(f"data: header field 'primary' must be a list of tensor names, got {primary!r}")
         try:
-            (header_len,) = struct.unpack("<Q", data[:8])
-            if header_len > len(data) - 8:
-                raise ValueError("header longer than the data")
-            header = json.loads(data[8:8 + header_len])
-            info = json.loads(header["__metadata__"][_META_KEY])
-            tensors = _st_load(data)
+            tensors = _st_load(body)
         except Exception as exc:  # safetensors raises its own error types
-            raise PayloadError(f"data: not a valid splitldm payload ({type(exc).__name__}: {exc})") from exc
-        if info.get("version") != FORMAT_VERSION:
-            raise PayloadError(f"data: payload format version {info.get('version')} != {FORMAT_VERSION}")
-        return cls(tensors=dict(tensors), meta=info["meta"], primary=tuple(info["primary"]))
+            raise PayloadError(f"data: tensor data does not match the header ({type(exc).__name__}: {exc})") from exc
+        try:
+            return cls(tensors=dict(tensors), meta=meta, primary=tuple(primary))
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"data: {exc}") from exc
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}" for k, v in self.tensors.items())
         return (f"Payload({shapes}; primary={list(self.primary)}; {self.num_bits()} bits, "
                 f"{self.channel_uses()} channel uses)")
+
+
+def _read_header(body: bytes) -> dict[str, Any]:
+    """The safetensors JSON header of ``body`` (length checked before anything is read)."""
+    (header_len,) = struct.unpack("<Q", body[:8])
+    if header_len > min(len(body) - 8, MAX_HEADER_BYTES):
+        raise PayloadError(f"data: header length {header_len} exceeds the {len(body) - 8} bytes that follow "
+                           f"(or the {MAX_HEADER_BYTES}-byte limit)")
+    try:
+        header = json.loads(body[8:8 + header_len])
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise PayloadError(f"data: header is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise PayloadError(f"data: header must be a JSON object, got {type(header).__name__}")
+    return header
+
+
+def _header_field(header: dict[str, Any]) -> dict[str, Any]:
+    """The splitldm record of a safetensors header: ``{"version", "meta", "primary"}``."""
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(_META_KEY), str):
+        raise PayloadError(f"data: header has no {_META_KEY!r} metadata string: not a splitldm payload")
+    try:
+        info = json.loads(metadata[_META_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"data: {_META_KEY!r} metadata is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(info, dict):
+        raise PayloadError(f"data: {_META_KEY!r} metadata must be a JSON object, got {type(info).__name__}")
+    return info
+
+
+def _peek_version(data: bytes) -> Any:
+    """The format version of ``data`` read as a check-less (version 1) payload, or None."""
+    try:
+        return _header_field(_read_header(data)).get("version")
+    except (PayloadError, struct.error):
+        return None
 
 
 def payload_equal(a: Payload, b: Payload) -> bool:
