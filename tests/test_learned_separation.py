@@ -68,6 +68,9 @@ def test_operational_rd_measures_real_bitstreams():
     data = m.encode(x, 1)
     assert rd.bits[:, 1].tolist() == [header_bits(2) + bit_length(d) for d in data]
     assert torch.allclose(rd.mse[:, 0], x.pow(2).flatten(1).mean(1).double())  # nothing sent: the mean (0)
+    assert (rd.est_bits <= rd.bits + 1).all() and (rd.bits - rd.est_bits <= 40).all()  # the coder's flush
+    out = ideal_separation(rd, 32, 20.0, "awgn")
+    assert out["mse_rate_estimate"] <= out["mse"]
 
 
 def test_operating_point_follows_snr():
@@ -87,24 +90,27 @@ def test_operating_point_follows_snr():
 def test_ldpc_link_round_trip_and_erasure():
     from splitldm.link.channels import AWGN
 
-    m = _model()
-    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    m = EntropyModel.from_pretrained("entropy-model")  # the shipped model: its levels beat the mean
+    x = m.norm_mean[None, :, None, None] + m.norm_std[None, :, None, None] * torch.randn(
+        3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     cfg = DigitalConfig(1, 0.5, 4, 1024, num_components=1, crc=None)  # 512 information bits, 256 uses
     rd = operational_rd(m, x)
-    assert (rd.bits[:, 1] <= 512).all()
+    assert (rd.bits <= 512).all()
     stage = LearnedSeparationLink(m, cfg)
     assert stage.channel_uses() == 256 and stage.info_bits == 512
     payload = Payload(tensors={"latents": x}, primary=("latents",))
     ctx: dict = {"snr_db": 30.0}
     out = Link([stage, AWGN()])(payload, generator=torch.Generator().manual_seed(0), context=ctx)
     col, _ = rd.best_fit(512)  # what the encoder sends: the least-MSE choice that fits
-    expected = torch.stack([torch.zeros(4, 8, 8) if c == 0 else m.decode(m.encode(x[i:i + 1], int(c) - 1), int(c) - 1)[0]
+    assert (col > 0).all()
+    mean = m.norm_mean[:, None, None].expand(4, 8, 8)
+    expected = torch.stack([mean if c == 0 else m.decode(m.encode(x[i:i + 1], int(c) - 1), int(c) - 1)[0]
                             for i, c in enumerate(col)])
     assert torch.equal(out.tensors["latents"], expected)  # decoded exactly
     assert ctx["learned_separation"]["codeword_errors"] == 0 and ctx["learned_separation"]["levels"] == col.tolist()
     ctx = {"snr_db": -10.0}
     out = Link([stage, AWGN()])(payload, generator=torch.Generator().manual_seed(0), context=ctx)
-    assert torch.equal(out.tensors["latents"], torch.zeros_like(x))  # erased: the mean
+    assert torch.equal(out.tensors["latents"], mean.expand_as(x))  # erased: the mean
     with pytest.raises(TypeError, match="model"):
         LearnedSeparationLink("x", cfg)
     with pytest.raises(TypeError, match="config"):

@@ -57,10 +57,13 @@ class OperationalRD:
         bits: (N, L) int64, header + bitstream bits of each latent at each level.
         mse: (N, L + 1) float64, MSE per real value; column 0: nothing sent (the mean), column
             ``l + 1``: level ``l`` decoded.
+        est_bits: (N, L) float64 or None, header + the model's rate estimate ``-sum log2 P`` (what an
+            ideal entropy coder would spend, without the range coder's flush).
     """
 
     bits: torch.Tensor
     mse: torch.Tensor
+    est_bits: torch.Tensor | None = None
 
     def best_fit(self, budget_bits) -> tuple[torch.Tensor, torch.Tensor]:
         """Per latent, the choice with the least MSE within ``budget_bits`` (a number or (N,)):
@@ -76,7 +79,14 @@ class OperationalRD:
         return float(self.best_fit(budget_bits)[1].mean())
 
     def subset(self, index) -> "OperationalRD":
-        return OperationalRD(self.bits[index], self.mse[index])
+        return OperationalRD(self.bits[index], self.mse[index],
+                             None if self.est_bits is None else self.est_bits[index])
+
+    def with_estimated_bits(self) -> "OperationalRD":
+        """The same table with `est_bits` as the bits (an ideal entropy coder)."""
+        if self.est_bits is None:
+            raise ValueError("est_bits: this table has no rate estimates")
+        return OperationalRD(self.est_bits, self.mse)
 
 
 def _mean_latent(model: EntropyModel, like: torch.Tensor) -> torch.Tensor:
@@ -85,13 +95,13 @@ def _mean_latent(model: EntropyModel, like: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode_all(model: EntropyModel, x: torch.Tensor):
-    """For each level: (bitstreams, bits (N,), x_hat (N, C, h, w))."""
+    """For each level: (bitstreams, bits (N,), x_hat (N, C, h, w), estimated bits (N,) float64)."""
     hb = header_bits(model.num_levels)
     out = []
     for lv in range(model.num_levels):
-        data, q, _ = model.compress(x, lv)
+        data, q, est = model.compress(x, lv)
         bits = torch.tensor([hb + bit_length(d) for d in data], dtype=torch.int64)
-        out.append((data, bits, model.synthesise(q, lv)))
+        out.append((data, bits, model.synthesise(q, lv), hb + est))
     return out
 
 
@@ -101,18 +111,20 @@ def operational_rd(model: EntropyModel, latents: torch.Tensor) -> OperationalRD:
     model._check_x(latents)
     x = latents.float()
     mse = [(_mean_latent(model, x) - x).pow(2).flatten(1).mean(1).double()]
-    bits = []
-    for _, b, x_hat in _encode_all(model, x):
+    bits, est = [], []
+    for _, b, x_hat, e in _encode_all(model, x):
         bits.append(b)
+        est.append(e)
         mse.append((x_hat - x).pow(2).flatten(1).mean(1).double())
-    return OperationalRD(torch.stack(bits, 1), torch.stack(mse, 1))
+    return OperationalRD(torch.stack(bits, 1), torch.stack(mse, 1), torch.stack(est, 1))
 
 
 def ideal_separation(rd: OperationalRD, channel_uses: int, snr_db: float, channel: str = "awgn",
                      generator: torch.Generator | None = None, repeats: int = 1) -> dict[str, float]:
     """MSE per value of the compressor over an ideal capacity-achieving code of ``channel_uses`` uses.
 
-    ``channel="awgn"``: ``{"mse"}`` with ``floor(k log2(1 + SNR))`` bits per latent. ``"rayleigh"``:
+    ``channel="awgn"``: ``{"mse"}`` with ``floor(k log2(1 + SNR))`` bits per latent (and, when ``rd``
+    has rate estimates, ``{"mse_rate_estimate"}``: the same with an ideal entropy coder). ``"rayleigh"``:
     ``{"mse"}`` with the ergodic capacity (coding over many fades: optimistic for one fade per latent)
     and ``{"mse_block_csit"}``: one fade ``h ~ CN(0, 1)`` per latent (``repeats`` draws from
     ``generator``), ``floor(k log2(1 + |h|^2 SNR))`` bits, the rate adapted to the fade (CSI at both
@@ -120,7 +132,10 @@ def ideal_separation(rd: OperationalRD, channel_uses: int, snr_db: float, channe
     """
     if isinstance(channel_uses, bool) or not isinstance(channel_uses, int) or channel_uses < 1:
         raise ValueError(f"channel_uses: expected an int >= 1, got {channel_uses!r}")
-    out = {"mse": rd.mean_mse(math.floor(channel_uses * float(capacity(float(snr_db), channel)) + 1e-9))}
+    budget = math.floor(channel_uses * float(capacity(float(snr_db), channel)) + 1e-9)
+    out = {"mse": rd.mean_mse(budget)}
+    if rd.est_bits is not None:
+        out["mse_rate_estimate"] = rd.with_estimated_bits().mean_mse(budget)
     if channel == "rayleigh":
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         n = rd.bits.shape[0]
@@ -211,8 +226,8 @@ class LearnedSeparationLink(LinkStage):
             self.model._check_x(x)
             xf = x.float()
             coded = _encode_all(self.model, xf)
-            mse = torch.stack([(xh - xf).pow(2).flatten(1).mean(1) for _, _, xh in coded], 1)  # (B, L)
-            fits = torch.stack([b for _, b, _ in coded], 1) <= self.info_bits
+            mse = torch.stack([(xh - xf).pow(2).flatten(1).mean(1) for _, _, xh, _ in coded], 1)  # (B, L)
+            fits = torch.stack([b for _, b, _, _ in coded], 1) <= self.info_bits
             mse = torch.where(fits, mse, torch.full_like(mse, math.inf))
             base = (_mean_latent(self.model, xf) - xf).pow(2).flatten(1).mean(1)
             bits = []
@@ -250,7 +265,10 @@ class LearnedSeparationLink(LinkStage):
                 level = int("".join(str(int(b)) for b in bits[i, :hb]), 2) if ok[i] else 0
                 if 1 <= level <= self.model.num_levels:
                     data = np.packbits(bits[i, hb:]).tobytes()
-                    out[i] = self.model.decode([data], level - 1)[0]
+                    try:
+                        out[i] = self.model.decode([data], level - 1)[0]
+                    except (AssertionError, ValueError, RuntimeError):  # an undetected error made it undecodable
+                        out[i], level = mean, 0
                 else:
                     out[i] = mean
                 report["levels"].append(level)
