@@ -48,12 +48,51 @@ def cmd_serve_edge(args: argparse.Namespace) -> int:
                          pad_batches=not args.no_pad)
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
         logging.getLogger(__name__).warning("serve-edge: binding %s without a token", args.host)
+    controller = _controller(args)
+    if args.ray:
+        return _serve_ray(args, config, controller)
     pipe = load_pipeline(args.model)
-    service = EdgeService(pipe, SeedCodec.from_pretrained(args.codec), config, codec_name=args.codec)
+    policy = None
+    if controller is not None:
+        from splitldm.serve.control import Controller
+
+        policy = Controller(**controller)
+    service = EdgeService(pipe, SeedCodec.from_pretrained(args.codec), config, codec_name=args.codec, policy=policy)
     print(json.dumps({"serving": f"http://{args.host}:{args.port}", "session": service.handshake.session,
                       "model": service.handshake.model, "handshake_bits": service.handshake.bits}), flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_keep_alive=5)
+    return 0
+
+
+def _controller(args: argparse.Namespace) -> dict | None:
+    """`splitldm.serve.control.Controller` arguments from --policy / --power-policy (None: no controller)."""
+    if args.policy is None and args.power_policy is None:
+        return None
+    rates = None if args.policy in (None, "rule") else args.policy
+    power = None if args.power_policy in (None, "equal") else args.power_policy
+    return {"rates": rates, "power": power}
+
+
+def _serve_ray(args: argparse.Namespace, config, controller: dict | None) -> int:
+    """``serve-edge --ray``: the same service as Ray Serve replicas (`splitldm.serve.ray_app`)."""
+    try:
+        from splitldm.serve import ray_app
+    except ImportError as exc:
+        raise ValueError(f"--ray: Ray Serve is not installed ({exc}); pip install 'splitldm[serve]'") from None
+    if args.replicas < 1:
+        raise ValueError(f"--replicas: expected an int >= 1, got {args.replicas}")
+    autoscaling = None
+    if args.max_replicas is not None:
+        if args.max_replicas < args.replicas:
+            raise ValueError(f"--max-replicas: {args.max_replicas} is below --replicas {args.replicas}")
+        autoscaling = {"min_replicas": args.replicas, "max_replicas": args.max_replicas,
+                       "target_ongoing_requests": config.max_batch}
+    app = ray_app.edge_app(args.model, args.codec, config, controller=controller, replicas=args.replicas,
+                           autoscaling=autoscaling, num_cpus=args.replica_cpus)
+    print(json.dumps({"serving": f"http://{args.host}:{args.port}", "ray": True, "replicas": args.replicas,
+                      "max_replicas": args.max_replicas, "controller": controller}), flush=True)
+    ray_app.run(app, host=args.host, port=args.port, blocking=True)
     return 0
 
 
@@ -112,4 +151,11 @@ def register(subparsers) -> None:
     p.add_argument("--token-env", default=None, help="environment variable holding the shared token")
     p.add_argument("--token-file", default=None, help="file holding the shared token")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--policy", default=None, help="controller of steps / split / merge ratio: a CVPO folder or zoo "
+                   "name (cvpo-meg), or 'rule' (the cost-model rule); default: the UE's request (fixed rule)")
+    p.add_argument("--power-policy", default=None, help="PPO power policy folder or zoo name (ppo-power), or 'equal'")
+    p.add_argument("--ray", action="store_true", help="serve on Ray Serve (needs splitldm[serve]: ray[serve])")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (the minimum with --max-replicas)")
+    p.add_argument("--max-replicas", type=int, default=None, help="with --ray: autoscale up to this many replicas")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="with --ray: CPUs reserved per replica")
     p.set_defaults(func=cmd_serve_edge)

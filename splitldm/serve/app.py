@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 from dataclasses import asdict, dataclass
@@ -145,6 +146,10 @@ class EdgeService:
         try:
             settings = settings_for(self.pipe, request)
             choice = self.policy(request, hs)
+            steps = getattr(choice, "num_steps", None)  # a controller may choose N (splitldm.serve.control)
+            if steps is not None and steps != request.steps:
+                request = dataclasses.replace(request, steps=steps)
+                settings = settings_for(self.pipe, request)
             if not 0 <= choice.split_step <= min(request.steps, MAX_SPLIT_STEP):
                 raise WireError("split_step", f"{choice.split_step} not in [0, {min(request.steps, MAX_SPLIT_STEP)}]")
             hs.ratio_index(choice.merge_ratio)
@@ -169,7 +174,8 @@ class EdgeService:
         ended, future = False, None
         try:
             yield pack_record(b"P", pack_envelope("P", {"event": "accepted", "seq": seq,
-                                                        "queued": self.batcher.waiting}))
+                                                        "queued": self.batcher.waiting,
+                                                        "choice": {"steps": job.request.steps, **asdict(job.choice)}}))
             future = self.batcher.submit(job)
             try:
                 frame = await future

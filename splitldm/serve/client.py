@@ -15,6 +15,7 @@ receive half (equalise, decode, unmerge) and steps ``[k, T)`` + the VAE with `Sp
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -209,6 +210,9 @@ class RemoteEdge:
         start = time.perf_counter()
         req = kwargs.pop("_request", None) or self.make_request(prompt, **kwargs)
         data, events, nbytes = self.send(req, progress=progress)
+        steps = next((e for e in events if e.get("event") == "accepted"), {}).get("choice", {}).get("steps")
+        if isinstance(steps, int) and steps != req.steps:  # the ES's controller chose N (accepted record)
+            req = dataclasses.replace(req, steps=steps)
         received = self.decode(req, data)
         received.events, received.seconds = events, time.perf_counter() - start
         received.bits["response_bytes"] = nbytes
