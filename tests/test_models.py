@@ -94,3 +94,33 @@ def test_random_pipeline_is_complete_and_deterministic():
     ib = b("a blue ring", num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="np").images
     assert ia.shape == (1, 64, 64, 3) and np.array_equal(ia, ib)
     assert json.loads(json.dumps(dict(a.unet.config), default=str))["cross_attention_dim"] == a.text_encoder.config.hidden_size
+
+
+def test_t5_tokenizer_whole_words_pieces_and_eos():
+    from splitldm.pipeline.tokenizer import build_t5_tokenizer
+
+    tok = build_t5_tokenizer(["red", "circle", "a"], model_max_length=8)
+    assert tok.convert_ids_to_tokens(tok("A red circle").input_ids) == ["\u2581a", "\u2581red", "\u2581circle", "</s>"]
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    pieces = tok.convert_ids_to_tokens(tok("zebra").input_ids)[:-1]
+    assert "".join(pieces).lstrip("\u2581") == "zebra" and len(pieces) == 5
+    assert len(tok("a red", padding="max_length", max_length=8).input_ids) == 8
+    with pytest.raises(ValueError, match="words"):
+        build_t5_tokenizer(["Bad word!"])
+    with pytest.raises(ValueError, match="model_max_length"):
+        build_t5_tokenizer(["red"], model_max_length=1)
+
+
+def test_tiny_family_builders_are_seeded_and_flow_schedulers_keep_the_shift():
+    from splitldm.pipeline.models import FLOW_SCHEDULERS, TINY_FAMILIES
+
+    assert {"sdxl-tiny-random", "sd3-tiny-random", "pixart-tiny-random", "flux-tiny-random"} <= set(TINY_FAMILIES)
+    a, b = build_pipeline("sd3-tiny-random", seed=3), build_pipeline("sd3-tiny-random", seed=3)
+    assert torch.equal(a.transformer.proj_out.weight, b.transformer.proj_out.weight)
+    assert a.transformer.config.in_channels == a.vae.config.latent_channels == 16
+    for name in FLOW_SCHEDULERS:
+        sched = make_scheduler(name, dict(a.scheduler.config))
+        assert sched.config.get("shift", sched.config.get("flow_shift")) == 3.0
+    flux = build_pipeline("flux-tiny-random", scheduler="flow-dpm++")
+    assert flux.scheduler.config.use_dynamic_shifting and flux.transformer.config.guidance_embeds
+    assert not build_pipeline("flux-schnell-tiny-random").transformer.config.guidance_embeds
