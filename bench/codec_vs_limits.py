@@ -14,7 +14,19 @@ latent, MMSE equalisation) and each SNR it reports the latent PSNR (``10 log10(s
   crossfit``, default): each half of the latents is sent with the KLT and bit allocation of the other
   half, so the scheme never sees the statistics of what it sends (``insample`` uses all of them),
 * OPTA by reverse water-filling on the measured covariance of the same latents (a reference for a
-  Gaussian source with that covariance; real latents are not Gaussian).
+  Gaussian source with that covariance; real latents are not Gaussian),
+* the learned separation baselines (`splitldm.link.learned_separation`, the headline comparison): the
+  learned entropy model (``checkpoints/entropy-model``: factorized prior, 10 rate levels, a real
+  range-coded bitstream; per latent the best level that fits, behind a level header) over (a) an ideal
+  capacity-achieving code of the same ``k`` channel uses (``separation_ideal_psnr``: ``floor(k C)``
+  bits, AWGN / Rayleigh ergodic capacity; for Rayleigh also ``separation_ideal_block_csit_psnr``: one
+  fade per latent, ``floor(k log2(1 + |h|^2 SNR))`` bits, CSI at both ends as the codec has) and (b)
+  the 5G LDPC + QAM chain sized to the same budget, operating point chosen per SNR by expected
+  distortion as the digital baseline does, cross-fitted the same way (design on one half's measured
+  rate-distortion, send the other half), simulated end to end (``separation_ldpc_psnr``);
+  ``separation_ideal_rate_estimate_psnr``: (a) with the model's rate estimate as the bits (an ideal
+  entropy coder without the range coder's 17-20-bit termination per latent). Gaps:
+  ``gap_to_separation_*_db`` = baseline PSNR minus codec PSNR (negative: the codec is better).
 
 Checks: codec minus digital at each SNR <= 10 dB; graceful degradation = latent PSNR drop from the
 bottom of the codec's training SNR range to 5 dB below it (target < 3 dB); gap to OPTA per SNR.
@@ -36,8 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from splitldm.link.digital import DigitalLink, best_digital_config  # noqa: E402
 from splitldm.link.codec import SeedCodec  # noqa: E402
+from splitldm.link.entropy_model import EntropyModel  # noqa: E402
+from splitldm.link.learned_separation import (LearnedSeparationLink, best_learned_digital_config,  # noqa: E402
+                                              ideal_separation, operational_rd)
 from splitldm.eval.data import prompts_for, render_batch  # noqa: E402
-from splitldm.eval.evaluate import make_channel  # noqa: E402
+from splitldm.link.channels import make_channel  # noqa: E402
 from splitldm.analysis.limits import latent_covariance, reverse_water_filling  # noqa: E402
 from splitldm.link.stack import Link  # noqa: E402
 from splitldm.zoo import checkpoints_dir  # noqa: E402
@@ -92,6 +107,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--latents", default=None,
                     help="a safetensors file with 'latents' (N,C,h,w) and 'kind' (N,) (e.g. the codec recipe's "
                          "held-out cache runs/codec-cache/latents-test-*.safetensors): bench on these, one set per kind")
+    ap.add_argument("--entropy-model", default=str(checkpoints_dir() / "entropy-model"),
+                    help="EntropyModel folder of the learned separation baselines ('none' to skip them)")
     ap.add_argument("--digital-cov", choices=("crossfit", "insample"), default="crossfit",
                     help="covariance for the digital baseline's KLT: the other half of the latents, or all of them")
     ap.add_argument("--proxy-trajectory", action="store_true",
@@ -107,7 +124,8 @@ def main(argv=None) -> dict:
         from diffusers import AutoencoderKL
 
         pipe.vae = AutoencoderKL.from_pretrained(args.vae_path, use_safetensors=True).eval()
-    codec = SeedCodec.load(args.codec)
+    codec = SeedCodec.from_pretrained(args.codec)
+    entropy = None if args.entropy_model == "none" else EntropyModel.from_pretrained(args.entropy_model)
     rho, lo_train = float(codec.config.rho), codec.training_snr_range_db[0]
     if args.latents:
         from safetensors.torch import load_file
@@ -126,7 +144,8 @@ def main(argv=None) -> dict:
     figures: dict = {"rho": rho, "pipeline": args.pipeline, "vae_path": args.vae_path,
                      "latents_file": os.path.relpath(args.latents, ROOT) if args.latents else None, "codec": os.path.relpath(args.codec, ROOT),
                      "train_snr_range_db": list(codec.training_snr_range_db), "num_latents": num,
-                     "repeats": repeats, "digital_cov": args.digital_cov, "sets": {}}
+                     "repeats": repeats, "digital_cov": args.digital_cov, "sets": {},
+                     "entropy_model": os.path.relpath(args.entropy_model, ROOT) if entropy is not None else None}
     digital_note = None
     for name, lat in sets.items():
         n_values = lat[0].numel()
@@ -140,6 +159,13 @@ def main(argv=None) -> dict:
             a, b = lat[:half], lat[half:]
             folds = [(latent_covariance(b, mode="full"), a), (latent_covariance(a, mode="full"), b)]
         per_set = {"latent_shape": list(lat.shape[1:]), "channel_uses": k, "variance": round(var, 5), "channels": {}}
+        if entropy is not None:
+            rd = operational_rd(entropy, lat)
+            half = lat.shape[0] // 2
+            # cross-fitted like the digital baseline: the code is chosen on one half's measured R-D, sends the other
+            sep_folds = [(rd.subset(slice(half, None)), lat[:half]), (rd.subset(slice(None, half)), lat[half:])]
+            per_set["entropy_model_rd"] = {"bits_per_latent": [round(float(b), 1) for b in rd.bits.double().mean(0)],
+                                           "psnr": [psnr_db(float(m), var) for m in rd.mse.mean(0)[1:]]}
         for channel in ("awgn", "rayleigh"):
             rows = {}
             for snr in snrs:
@@ -165,6 +191,33 @@ def main(argv=None) -> dict:
                     row["digital_config"] = [[c.bits_per_symbol, round(c.code_rate, 3), c.num_components or 0,
                                               c.bits_per_value] for c in dcfgs]
                     row["codec_minus_digital_db"] = round(row["codec_psnr"] - row["digital_psnr"], 3)
+                if entropy is not None:
+                    ideal = ideal_separation(rd, k, snr, channel, generator=torch.Generator().manual_seed(args.seed),
+                                             repeats=repeats)
+                    row["separation_ideal_psnr"] = psnr_db(ideal["mse"], var)
+                    row["gap_to_separation_ideal_db"] = round(row["separation_ideal_psnr"] - row["codec_psnr"], 3)
+                    # the same with an ideal entropy coder (the model's rate estimate, no range-coder flush)
+                    row["separation_ideal_rate_estimate_psnr"] = psnr_db(ideal["mse_rate_estimate"], var)
+                    if "mse_block_csit" in ideal:
+                        row["separation_ideal_block_csit_psnr"] = psnr_db(ideal["mse_block_csit"], var)
+                        row["gap_to_separation_ideal_block_csit_db"] = round(
+                            row["separation_ideal_block_csit_psnr"] - row["codec_psnr"], 3)
+                    mse_s, scfgs = 0.0, []
+                    for design, target in sep_folds:
+                        scfg, sinfo = best_learned_digital_config(snr, k, design, channel)
+                        scfgs.append(None if scfg is None else [scfg.bits_per_symbol, round(scfg.code_rate, 3),
+                                                                round(sinfo["bler"], 4)])
+                        if scfg is None:  # nothing sent: the mean
+                            m0 = float((entropy.norm_mean[None, :, None, None] - target).pow(2).mean())
+                            mse_s += m0 * target.shape[0] / lat.shape[0]
+                            continue
+                        link = LearnedSeparationLink(entropy, scfg, num_codewords=sinfo["num_codewords"])
+                        mse_s += sum(run_link([link, make_channel(channel)], target, snr, args.seed + r)
+                                     for r in range(repeats)) / repeats * target.shape[0] / lat.shape[0]
+                    row["separation_ldpc_psnr"] = psnr_db(mse_s, var)
+                    # (QAM bits per symbol, code rate, predicted BLER) per fold; None: nothing sent
+                    row["separation_ldpc_config"] = scfgs
+                    row["gap_to_separation_ldpc_db"] = round(row["separation_ldpc_psnr"] - row["codec_psnr"], 3)
                 rows[f"{snr:g}"] = row
             drop = rows[f"{lo_train:g}"]["codec_psnr"] - rows[f"{lo_train - 5:g}"]["codec_psnr"]
             low = [r for s, r in rows.items() if float(s) <= 10 and "codec_minus_digital_db" in r]
@@ -176,7 +229,9 @@ def main(argv=None) -> dict:
             }
             print(f"[{name}] {channel}: " + ", ".join(
                 f"{s} dB: codec {r['codec_psnr']:.2f} / digital {r.get('digital_psnr', float('nan')):.2f} / "
-                f"OPTA {r['opta_psnr']:.2f}" for s, r in rows.items()), flush=True)
+                f"OPTA {r['opta_psnr']:.2f}" + (f" / sep-ideal {r['separation_ideal_psnr']:.2f} / sep-LDPC "
+                                                f"{r['separation_ldpc_psnr']:.2f}" if "separation_ldpc_psnr" in r else "")
+                for s, r in rows.items()), flush=True)
         figures["sets"][name] = per_set
     if digital_note:
         figures["note"] = digital_note

@@ -38,6 +38,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "classifier": ("classifier", "attribute classifier of the embedded shapes data"),
     "merge-decoder": ("merge-decoder", "VAE decoder fine-tuned for merged and noisy latents"),
     "quality": ("quality", "measured quality tables (steps x merge ratio x SNR)"),
+    "entropy-model": ("entropy-model", "learned entropy model of tiny's latents (factorized prior, 10 rate levels)"),
     "cvpo-meg": ("cvpo-meg", "CVPO controller of (steps, merge ratio) on MEGRates (cost_obs), 0.996 of the oracle"),
     "ppo-power": ("ppo-power", "PPO transmit-power split over 8 Rayleigh blocks (SeedPower, 5 dB)"),
     "codec-bank": ("codec-bank", "SeedCodecBank for tiny's UNet cut before 'output' (step 4 of 8), 34 uses/image"),
