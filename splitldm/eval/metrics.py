@@ -14,6 +14,7 @@ FID needs a feature extractor. Two are provided, always named in the result:
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -25,15 +26,28 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from splitldm.checks import (IMAGE_RANGE_TOLERANCE, Bound, check_features, check_images, check_tensor, inside,
+                             read_config)
 from splitldm.eval.data import ATTRIBUTE_NAMES, ATTRIBUTES, parse_caption
+
+#: Side of the SSIM Gaussian window: `ssim` needs images at least this large.
+SSIM_WINDOW = 11
+#: Fewest images `fid` accepts on each side: a covariance needs two samples (with so few, FID is only a
+#: smoke figure; the demo and the evaluation skip it below this count and say so).
+MIN_FID_IMAGES = 2
 
 
 def _check_images(name: str, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected (B, C, H, W) images, got shape {tuple(x.shape)}")
-    return x.float()
+    """Images (B, C, H, W) of any real values (the classifier's and the adherence input), as float32."""
+    return check_tensor(x, name, ndim=4, dtype="real").float()
+
+
+def _image_pair(images, reference, data_range: float, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    a = check_images(images, "images", data_range=data_range, min_size=min_size)
+    b = check_images(reference, "reference", data_range=data_range, min_size=min_size)
+    if a.shape != b.shape:
+        raise ValueError(f"reference: shape {tuple(b.shape)} does not match images {tuple(a.shape)}")
+    return a, b
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -41,22 +55,27 @@ def psnr(images: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0)
 
     Images are (B, C, H, W) in [0, ``data_range``]; the MSE is the per-image mean over C, H, W.
     Identical images give +inf.
+
+    Raises:
+        TypeError: not tensors (or complex / bool). ValueError: shapes differ, NaN / inf, or values
+        outside ``[0, data_range]`` beyond float noise (`splitldm.checks.IMAGE_RANGE_TOLERANCE` times
+        ``data_range``): images in [0, 255] need ``data_range=255``.
     """
-    a, b = _check_images("images", images), _check_images("reference", reference)
-    if a.shape != b.shape:
-        raise ValueError(f"reference: shape {tuple(b.shape)} does not match images {tuple(a.shape)}")
+    a, b = _image_pair(images, reference, data_range)
     mse = (a - b).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(data_range ** 2 / mse)
+    return 10.0 * torch.log10(float(data_range) ** 2 / mse)
 
 
 def ssim(images: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Structural similarity (Gaussian window 11, sigma 1.5; torchmetrics), one value per image: (B,)."""
+    """Structural similarity (Gaussian window 11, sigma 1.5; torchmetrics), one value per image: (B,).
+
+    Images (B, C, H, W) in [0, ``data_range``] (as `psnr`), with H, W >= `SSIM_WINDOW` (11): a smaller
+    image has no full window and is refused (ValueError) instead of giving a meaningless number.
+    """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    a, b = _check_images("images", images), _check_images("reference", reference)
-    if a.shape != b.shape:
-        raise ValueError(f"reference: shape {tuple(b.shape)} does not match images {tuple(a.shape)}")
-    return structural_similarity_index_measure(a, b, data_range=data_range, reduction="none")
+    a, b = _image_pair(images, reference, data_range, min_size=SSIM_WINDOW)
+    return structural_similarity_index_measure(a, b, data_range=float(data_range), reduction="none")
 
 
 def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
@@ -64,15 +83,15 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
 
     ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)``, in float64; the
     matrix square root goes through symmetric eigendecompositions (stable for singular S).
+
+    Raises:
+        TypeError: not a tensor / numeric array. ValueError: not (N, D) with N >= 2 (a covariance needs
+        two samples), NaN / inf features, or the dimensions differ.
     """
-    a = torch.as_tensor(np.asarray(features_a) if not isinstance(features_a, torch.Tensor) else features_a)
-    b = torch.as_tensor(np.asarray(features_b) if not isinstance(features_b, torch.Tensor) else features_b)
-    for name, f in (("features_a", a), ("features_b", b)):
-        if f.ndim != 2 or f.shape[0] < 2:
-            raise ValueError(f"{name}: expected (N >= 2, D) features, got shape {tuple(f.shape)}")
+    a = check_features(features_a, "features_a")
+    b = check_features(features_b, "features_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"features_b: dimension {b.shape[1]} does not match features_a {a.shape[1]}")
-    a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
     ev, vec = torch.linalg.eigh(cov_a)
@@ -80,6 +99,9 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
     mid = sqrt_a @ cov_b @ sqrt_a
     tr_sqrt = torch.linalg.eigvalsh((mid + mid.T) / 2).clamp_min(0).sqrt().sum()
     fd = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt
+    if not torch.isfinite(fd):
+        raise ValueError("features_a: the Fréchet distance overflows float64 (features of magnitude "
+                         f"{max(float(a.abs().max()), float(b.abs().max())):.3g}); rescale the features")
     return float(fd.clamp_min(0))
 
 
@@ -101,6 +123,9 @@ class FeatureExtractor(Protocol):
 
 #: File holding the classifier's tensors inside its folder (next to ``config.json``).
 CLASSIFIER_WEIGHTS_NAME = "model.safetensors"
+#: Sanity bounds of a classifier ``config.json``, checked before the network is built.
+CLASSIFIER_BOUNDS = {"width": Bound("int", 8, 4096, nullable=False), "feature_dim": Bound("int", 1, 65536, nullable=False),
+                     "image_size": Bound("int", 1, 4096, nullable=False), "attributes": Bound("dict")}
 
 
 class AttributeClassifier(ModelMixin, ConfigMixin):
@@ -202,14 +227,15 @@ class AttributeClassifier(ModelMixin, ConfigMixin):
         missing = [f for f in (cls.config_name, CLASSIFIER_WEIGHTS_NAME) if not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{ARG}: {folder} is not a classifier folder; missing {missing}")
+        config = read_config(folder, cls.config_name, CLASSIFIER_BOUNDS)  # sizes checked before allocation
+        weights = inside(folder, CLASSIFIER_WEIGHTS_NAME)
         try:
-            config = cls.load_config(folder)
             known = {"width", "feature_dim", "image_size", "attributes"}
             unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
             if unknown:
                 raise ValueError(f"unknown config keys {unknown}")
             model = cls(**{k: config[k] for k in known if k in config})
-            model.load_state_dict(load_file(str(folder / CLASSIFIER_WEIGHTS_NAME)))
+            model.load_state_dict(load_file(str(weights)))
         except (SafetensorError, RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:
             raise ValueError(f"pretrained_model_name_or_path: could not load the classifier from {folder}: "
                              f"{exc}") from exc
@@ -260,22 +286,30 @@ class ClassifierFeatures:
 class InceptionFeatures:
     """`FeatureExtractor`: Inception-v3 (FID network) 2048-d pool features from a LOCAL weights file.
 
-    ``weights_path`` must be torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (or the
-    same weights saved elsewhere). Nothing is downloaded: no path, or a missing file, is an error.
+    ``weights_path``: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (or the same state
+    dict saved elsewhere), or the same tensors as a ``.safetensors`` file (preferred). Nothing is
+    downloaded (no path, or a missing file, is an error) and nothing is unpickled: a ``.safetensors``
+    file is read as such, anything else with ``torch.load(weights_only=True)``, which refuses any
+    pickled object but tensors and plain containers (a crafted file is a ValueError, its code never runs).
+
+    Raises:
+        ValueError: no path, a file that is not a plain state dict of tensors, or tensors that are not the
+            FID Inception-v3's. FileNotFoundError: no such file.
     """
 
     def __init__(self, weights_path: str | os.PathLike | None, feature: int = 2048):
         if weights_path is None:
             raise ValueError("weights_path: Inception FID needs a local Inception-v3 weights file "
-                             "(torch-fidelity's pt_inception-2015-12-05 .pth); splitldm never downloads it. "
-                             "Use ClassifierFeatures for offline classifier-FID instead.")
+                             "(torch-fidelity's pt_inception-2015-12-05 .pth, or its tensors as .safetensors); "
+                             "splitldm never downloads it. Use ClassifierFeatures for offline classifier-FID instead.")
+        if not isinstance(weights_path, (str, os.PathLike)):
+            raise TypeError(f"weights_path: expected a path, got {type(weights_path).__name__}")
+        if feature not in (64, 192, 768, 2048) or isinstance(feature, bool):
+            raise ValueError(f"feature: expected one of 64, 192, 768, 2048 (Inception-v3 features), got {feature!r}")
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights_path: no such file {path}")
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-        self.model = FeatureExtractorInceptionV3(name="inception-v3-compat", features_list=[str(feature)],
-                                                 feature_extractor_weights_path=str(path)).eval()
+        self.model = _inception(read_state_dict(path, "weights_path"), feature, path)
         self.feature = str(feature)
         self.name = f"Inception-FID[inception-v3-compat pool {feature}-d, weights {path.name}]"
 
@@ -283,6 +317,60 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = (_check_images("images", images).clamp(0, 1) * 255).round().to(torch.uint8)
         return self.model(x)[0].reshape(len(x), -1).double()
+
+
+def read_state_dict(path: str | os.PathLike, name: str = "weights_path") -> dict[str, torch.Tensor]:
+    """A state dict of tensors from ``path``, never unpickling: ``.safetensors`` with safetensors,
+    anything else with ``torch.load(weights_only=True)`` (tensors and plain containers only).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: unreadable, refused by the safe loader, or not a
+        mapping of str -> tensor; every message names ``name``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no such file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{name}: {path} is not a valid safetensors file: {exc}") from exc
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any failure of the restricted unpickler means: not a plain tensor file
+            raise ValueError(f"{name}: {path} is not a plain tensor file; torch.load(weights_only=True) refused it "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). splitldm "
+                             "never unpickles arbitrary objects: save the tensors with safetensors.") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{name}: {path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+_INCEPTION_LOCK = threading.Lock()
+
+
+def _inception(state: dict[str, torch.Tensor], feature: int, path: Path) -> nn.Module:
+    """torch-fidelity's FID Inception-v3 with ``state`` loaded (its own loader, which unpickles, never runs:
+    it is handed the already checked state dict)."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    def provide(*args, **kwargs):
+        return state
+
+    try:
+        with _INCEPTION_LOCK, mock.patch.object(fe, "load_state_dict_from_url", provide):
+            model = fe.FeatureExtractorInceptionV3(name="inception-v3-compat", features_list=[str(feature)])
+    except RuntimeError as exc:  # load_state_dict: missing / unexpected keys, wrong shapes
+        raise ValueError(f"weights_path: {path} does not hold the FID Inception-v3 weights: "
+                         f"{str(exc).splitlines()[0][:300]}") from exc
+    return model.eval()
 
 
 def fid(real: torch.Tensor, generated: torch.Tensor, extractor: FeatureExtractor) -> dict:
@@ -293,7 +381,15 @@ def fid(real: torch.Tensor, generated: torch.Tensor, extractor: FeatureExtractor
     """
     if not isinstance(extractor, FeatureExtractor):
         raise TypeError("extractor: expected a FeatureExtractor (callable with a `name`)")
-    fr, fg = extractor(_check_images("real", real)), extractor(_check_images("generated", generated))
+    real, generated = check_images(real, "real"), check_images(generated, "generated")
+    for name, x in (("real", real), ("generated", generated)):
+        if len(x) < MIN_FID_IMAGES:
+            raise ValueError(f"{name}: FID needs at least {MIN_FID_IMAGES} images (a covariance), got {len(x)}")
+    fr, fg = extractor(real), extractor(generated)
+    for name, f, n in (("real", fr, len(real)), ("generated", fg, len(generated))):
+        check_features(f, f"extractor({name})")
+        if len(f) != n:
+            raise ValueError(f"extractor({name}): expected {n} feature rows, got shape {tuple(f.shape)}")
     return {"fid": frechet_distance(fr, fg), "extractor": extractor.name, "n_real": len(fr), "n_generated": len(fg)}
 
 
@@ -325,4 +421,5 @@ def prompt_adherence(images: torch.Tensor, prompts: Sequence[str],
 
 
 __all__ = ["psnr", "ssim", "frechet_distance", "FeatureExtractor", "AttributeClassifier", "load_classifier",
-           "ClassifierFeatures", "InceptionFeatures", "fid", "prompt_adherence"]
+           "ClassifierFeatures", "InceptionFeatures", "read_state_dict", "fid", "prompt_adherence", "SSIM_WINDOW",
+           "MIN_FID_IMAGES", "IMAGE_RANGE_TOLERANCE"]

@@ -20,7 +20,6 @@ hub id. Training (`forward`) returns a dict, CompressAI style; see ``splitldm/re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -35,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from splitldm.checks import Bound, inside, read_config
 from splitldm.zoo import resolve_pretrained
 from splitldm.link.channels import AWGN, Channel
 from splitldm.link.payload import Payload
@@ -509,14 +509,22 @@ def read_safetensors(file: Path, device: str | torch.device = "cpu") -> dict[str
         raise ValueError(f"pretrained_model_name_or_path: corrupt weights file {file}: {exc}") from exc
 
 
+#: Sanity bounds of a `SeedCodec` / `SeedCodecBank` ``config.json`` (`splitldm.checks.read_config`), checked
+#: before any layer is allocated: wherever the keys appear (a bank nests one codec config per tensor).
+CONFIG_BOUNDS: dict[str, Bound] = {
+    "in_channels": Bound("int", 1, 4096), "rho": Bound("number", 0, 4), "hidden_channels": Bound("int", 1, 4096),
+    "num_blocks": Bound("int", 0, 64), "downsample": Bound("int", 0, 4),
+    "sample_size": Bound("ints", 1, 16384, max_len=2), "condition": Bound("str", choices=("snr", "csi")),
+    "snr_range_db": Bound("numbers", -100, 100, max_len=2), "trained_snr_range_db": Bound("numbers", -100, 100, max_len=2),
+    "in_mean": Bound("numbers", max_len=4096), "in_std": Bound("numbers", 0, max_len=4096),
+    "default_snr_db": Bound("number", -100, 100), "codecs": Bound("list", max_len=1024),
+}
+
+
 def _read_config(file: Path, cls: type) -> dict[str, Any]:
-    """The constructor arguments in a ``config.json`` of class ``cls`` (keys starting with ``_`` dropped)."""
-    try:
-        config = json.loads(file.read_text())
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"pretrained_model_name_or_path: corrupt {file} (directory config): {exc}") from exc
+    """The constructor arguments in a ``config.json`` of class ``cls`` (keys starting with ``_`` dropped),
+    read by `splitldm.checks.read_config` (no symlink out of the folder, strict JSON, `CONFIG_BOUNDS`)."""
+    config = read_config(file.parent, file.name, CONFIG_BOUNDS)
     if config.get("_class_name", cls.__name__) != cls.__name__:
         raise ValueError(f"pretrained_model_name_or_path: {file.parent} holds a {config.get('_class_name')!r}, "
                          f"not a {cls.__name__}")
@@ -532,7 +540,7 @@ def _read_config(file: Path, cls: type) -> dict[str, Any]:
 
 
 def _load_weights(model: nn.Module, file: Path, device) -> None:
-    state = read_safetensors(file, device)
+    state = read_safetensors(inside(file.parent, file.name), device)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

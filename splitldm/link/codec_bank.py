@@ -21,7 +21,6 @@ folder (``..``, an absolute path or a symlink pointing out) is refused.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from splitldm.checks import read_config
 from splitldm.zoo import ARG, resolve_pretrained
 from splitldm.link.codec import (CONFIG_NAME, WEIGHTS_NAME, SeedCodec, _load_weights, _save_dir,
                                  write_safetensors)
@@ -268,13 +268,12 @@ class SeedCodecBank(ModelMixin, LinkStage, ConfigMixin):
 
 def _legacy_codecs(path: Path, device) -> dict[str, SeedCodec]:
     """The codecs of a 0.1 bank folder: ``bank.json`` maps tensor name -> `SeedCodec` subfolder."""
-    try:
-        config = json.loads((path / BANK_CONFIG).read_text())
-        folders = config["codecs"]
-        if not isinstance(folders, dict) or not all(isinstance(v, str) for v in folders.values()):
-            raise ValueError("'codecs' is not a mapping of name -> folder")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{ARG}: corrupt {path / BANK_CONFIG}: {exc}") from exc
+    config = read_config(path, BANK_CONFIG, arg=ARG)  # strict JSON, no symlink out, at most 1 MiB
+    folders = config.get("codecs")
+    if not isinstance(folders, dict) or not folders or len(folders) > 1024 or not all(
+            isinstance(v, str) for v in folders.values()):
+        raise ValueError(f"{ARG}: corrupt {path / BANK_CONFIG}: 'codecs' is not a mapping of name -> folder "
+                         "(1 to 1024 codecs)")
     root = path.resolve()
     codecs = {}
     for name, folder in folders.items():

@@ -31,6 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.modeling_utils import ModelMixin
 
+from splitldm.checks import DIFFUSERS_BOUNDS, inside, read_config
 from splitldm.zoo import resolve_pretrained
 
 __all__ = ["MergeAwareDecoder", "WEIGHTS_NAME", "decoder_state", "load_merge_decoder"]
@@ -148,13 +149,15 @@ class MergeAwareDecoder(ModelMixin, ConfigMixin):
             raise TypeError(f"from_pretrained: unexpected arguments {sorted(kwargs)}")
         folder = resolve_pretrained(pretrained_model_name_or_path, (cls.config_name, WEIGHTS_NAME),
                                     what=cls.__name__, local_files_only=bool(local_files_only))
+        # strict JSON, no symlink out of the folder, sizes within the diffusers sanity bounds: before allocation
+        config = read_config(folder, cls.config_name, DIFFUSERS_BOUNDS)
+        weights = inside(folder, WEIGHTS_NAME)
         try:
-            config = cls.load_config(folder)
             unknown = sorted(k for k in config if not k.startswith("_") and k not in cls._init_keys())
             if unknown:
                 raise ValueError(f"unknown config keys {unknown}")
             model = cls.from_config(config)
-            model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+            model.load_state_dict(load_file(str(weights)))
         except (SafetensorError, RuntimeError, ValueError, OSError, KeyError) as exc:
             raise ValueError(f"pretrained_model_name_or_path: could not load the merge-aware decoder from "
                              f"{folder}: {exc}") from exc

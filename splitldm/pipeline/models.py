@@ -34,6 +34,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from splitldm.pipeline.tokenizer import DEFAULT_WORDS, build_clip_tokenizer, build_t5_tokenizer
+from splitldm.checks import check_pipeline_folder
 from splitldm.zoo import checkpoints_dir
 
 #: Noise schedule shared by SD-1.x / SD-2.x (``scaled_linear`` betas).
@@ -495,6 +496,7 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny", *, scheduler: str | 
     family = None
     if path.exists():
         family = _folder_family(path)
+        check_pipeline_folder(path)  # no symlink out, strict JSON, sane sizes: before diffusers allocates
         local_files_only = True
         source = str(path)
     else:

@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from splitldm import __version__, zoo
+from splitldm.checks import Bound, inside
+from splitldm.checks import read_config as read_checked_config
 
 __all__ = ["PolicyMixin", "resolve_pretrained", "read_class_name", "CONFIG_NAME", "WEIGHTS_NAME", "STATE_NAME",
            "mlp", "check_obs", "seed_everything", "save_policy", "load_policy_files"]
@@ -85,17 +87,43 @@ def resolve_pretrained(pretrained_model_name_or_path: str | os.PathLike) -> Path
                                   files=f"{CONFIG_NAME} + {WEIGHTS_NAME}")
 
 
+#: Sanity bounds of a policy's ``config.json`` / ``policy.json`` (wherever the keys appear: the
+#: hyper-parameters nest under ``config``), checked before any network or buffer is allocated.
+POLICY_BOUNDS: dict[str, Bound] = {
+    "obs_dim": Bound("int", 1, 1 << 16), "n_actions": Bound("int", 1, 1 << 16), "act_dim": Bound("int", 1, 1 << 16),
+    "n_users": Bound("int", 1, 4096), "hidden": Bound("int", 1, 8192), "embed": Bound("int", 1, 8192),
+    "action_embed": Bound("int", 1, 8192), "steps": Bound("int", 1, 10_000), "denoise_steps": Bound("int", 1, 10_000),
+    "stride": Bound("int", 0, 1 << 16), "active_stride": Bound("int", 0, 1 << 16),
+    "buffer_size": Bound("int", 1, 10_000_000), "batch_size": Bound("int", 1, 1 << 20),
+    "estep_batch": Bound("int", 1, 1 << 20), "minibatch": Bound("int", 1, 1 << 20), "rollout": Bound("int", 1, 1 << 24),
+    "n_step": Bound("int", 1, 1000), "seed": Bound("int", 0, 2 ** 64 - 1),
+}
+
+
+#: Largest ``training_state.json`` / previous-format ``policy.json`` (they hold learning curves).
+_MAX_STATE_BYTES = 64 << 20
+
+
+def _read_json(d: Path, name: str, arg: str = "pretrained_model_name_or_path") -> dict[str, Any]:
+    """A policy folder's JSON file, read by `splitldm.checks.read_config`: no symlink out of the folder,
+    `POLICY_BOUNDS`; ``config.json`` strict JSON of at most 1 MiB, the files holding learning curves
+    (``training_state.json``, ``policy.json``) up to 64 MiB and NaN allowed (a curve may hold NaN)."""
+    if name == CONFIG_NAME:
+        return read_checked_config(d, name, POLICY_BOUNDS, arg=arg)
+    return read_checked_config(d, name, POLICY_BOUNDS, arg=arg, max_bytes=_MAX_STATE_BYTES, allow_nan=True)
+
+
 def read_class_name(folder: str | os.PathLike) -> str:
     """The policy class saved in ``folder``: ``config.json``'s ``_class_name`` (or, for a folder of the
     previous format, the class of ``policy.json``'s ``algorithm``)."""
     d = Path(folder)
     if (d / CONFIG_NAME).exists():
-        name = json.loads((d / CONFIG_NAME).read_text()).get("_class_name")
+        name = _read_json(d, CONFIG_NAME).get("_class_name")
         if not isinstance(name, str):
             raise ValueError(f"pretrained_model_name_or_path: {d / CONFIG_NAME} has no '_class_name'")
         return name
     if (d / LEGACY_CONFIG_NAME).exists():
-        algo = json.loads((d / LEGACY_CONFIG_NAME).read_text()).get("algorithm")
+        algo = _read_json(d, LEGACY_CONFIG_NAME).get("algorithm")
         if algo not in _LEGACY_CLASS:
             raise ValueError(f"pretrained_model_name_or_path: unknown algorithm {algo!r} in {d / LEGACY_CONFIG_NAME}")
         return _LEGACY_CLASS[algo]
@@ -232,7 +260,7 @@ def read_config(d: Path, cls: type) -> dict[str, Any] | None:
         if (d / LEGACY_CONFIG_NAME).exists():
             return None
         raise FileNotFoundError(f"pretrained_model_name_or_path: the directory {d} has no {CONFIG_NAME}")
-    config = json.loads((d / CONFIG_NAME).read_text())
+    config = _read_json(d, CONFIG_NAME)
     _check_class(d, read_class_name(d), cls)
     return config
 
@@ -245,8 +273,8 @@ def _read_folder(d: Path, cls: type) -> tuple[dict[str, Any], dict[str, Any], di
         return meta, weights, meta
     if not (d / WEIGHTS_NAME).exists():
         raise FileNotFoundError(f"pretrained_model_name_or_path: the directory {d} has no {WEIGHTS_NAME}")
-    state = json.loads((d / STATE_NAME).read_text()) if (d / STATE_NAME).exists() else {}
-    return config, _unflatten(load_file(str(d / WEIGHTS_NAME))), state
+    state = _read_json(d, STATE_NAME) if (d / STATE_NAME).exists() else {}
+    return config, _unflatten(_load_safetensors(d, WEIGHTS_NAME)), state
 
 
 # ---------------------------------------------------------------------------- previous format
@@ -256,10 +284,21 @@ def _load_legacy(directory: str | Path, algorithm: str) -> tuple[dict[str, dict[
     for f in (LEGACY_WEIGHTS_NAME, LEGACY_CONFIG_NAME):
         if not (d / f).exists():
             raise FileNotFoundError(f"directory: {d} has no {f}")
-    config = json.loads((d / LEGACY_CONFIG_NAME).read_text())
+    config = _read_json(d, LEGACY_CONFIG_NAME, arg="directory")
     if config.get("algorithm") != algorithm:
         raise ValueError(f"directory: {d} holds a {config.get('algorithm')!r} policy, not {algorithm!r}")
-    return _unflatten(load_file(str(d / LEGACY_WEIGHTS_NAME))), config
+    return _unflatten(_load_safetensors(d, LEGACY_WEIGHTS_NAME, arg="directory")), config
+
+
+def _load_safetensors(d: Path, name: str, arg: str = "pretrained_model_name_or_path") -> dict[str, torch.Tensor]:
+    """The tensors of ``d / name`` (no symlink out of ``d``); a corrupt file is a ValueError naming ``arg``."""
+    from safetensors import SafetensorError
+
+    file = inside(d, name, arg=arg)
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{arg}: corrupt weights file {file}: {exc}") from exc
 
 
 def save_policy(directory: str | Path, modules: dict[str, torch.nn.Module], config: dict[str, Any]) -> Path:
