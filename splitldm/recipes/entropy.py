@@ -13,8 +13,6 @@ and the bits per latent.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import lightning as L
 
@@ -91,11 +89,9 @@ class EntropyModule(L.LightningModule):
 
 def main(args: list[str] | None = None, run: bool = True):
     """LightningCLI entry point (``python -m splitldm.recipes.entropy fit --config configs/entropy.yaml``)."""
-    from lightning.pytorch.cli import LightningCLI
+    from splitldm.recipes.cli import main as cli_main
 
-    torch.set_num_threads(int(os.environ.get("SPLITLDM_THREADS", "1")))  # shared CPUs: one thread unless told
-    return LightningCLI(EntropyModule, CodecLatentData, args=args, run=run, seed_everything_default=0,
-                        save_config_kwargs={"overwrite": True})
+    return cli_main(EntropyModule, CodecLatentData, args=args, run=run)
 
 
 if __name__ == "__main__":
