@@ -381,9 +381,23 @@ class CodecModule(L.LightningModule):
             self.codec.save_pretrained(self.hparams.export_dir)
 
 
-def export_checkpoint(ckpt_path: str, export_dir: str) -> SeedCodec:
-    """Write the codec inside a Lightning checkpoint of `CodecModule` as a `SeedCodec` folder."""
-    module = CodecModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False)
+def export_checkpoint(ckpt_path: str | os.PathLike, export_dir: str | os.PathLike) -> SeedCodec:
+    """Write the codec inside a Lightning checkpoint of `CodecModule` as a `SeedCodec` folder.
+
+    The checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+    crafted file cannot run code. Raises FileNotFoundError (no such file) or ValueError (the file is not a
+    plain checkpoint of a `CodecModule`), naming ``ckpt_path``.
+    """
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        raise TypeError(f"ckpt_path: expected a path, got {type(ckpt_path).__name__}")
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path: no such checkpoint file {ckpt_path}")
+    try:
+        module = CodecModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the restricted unpickler, a missing key, a state dict of another model
+        raise ValueError(f"ckpt_path: {ckpt_path} is not a plain Lightning checkpoint of a CodecModule; "
+                         f"torch.load(weights_only=True) or the module refused it ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). Nothing in it was run.") from exc
     module.codec.save_pretrained(export_dir)
     return module.codec
 

@@ -58,7 +58,6 @@ class EdgeDeployment:
         from splitldm.serve.app import EdgeService
 
         torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)  # a native library in the worker may switch flush-to-zero on
         policy = None
         if controller is not None:
             from splitldm.serve.control import Controller
