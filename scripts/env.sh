@@ -14,7 +14,7 @@ fi
 if [ "$(cat "$VENV/.deps-key" 2>/dev/null || true)" != "$KEY" ]; then
   echo "[splitldm] installing dependencies into $VENV (first run: several minutes, ~6 GB for torch)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,serve]"
   echo "$KEY" > "$VENV/.deps-key"
 fi
 # The editable install must point at this checkout (a cached environment may come from another clone).
