@@ -41,6 +41,8 @@ import torch
 from torch import nn
 
 from splitldm.pipeline.chain import Cut
+from splitldm.pipeline.chain import _flatten_inputs as _flatten
+from splitldm.pipeline.chain import _unflatten_inputs as _unflatten
 from splitldm.pipeline.flops import count_flops, num_params, tensor_bytes
 
 __all__ = ["DiTCarry", "DiTChain", "SD3Chain", "PixArtChain", "FluxChain", "dit_chain", "DIT_CHAINS"]
@@ -117,27 +119,6 @@ class DiTCarry:
     def nbytes(self, dtype: torch.dtype | None = None) -> int:
         """Bytes that cross if every floating tensor is stored as ``dtype`` (others keep theirs)."""
         return sum(tensor_bytes(t, dtype if t.is_floating_point() else None) for t in self.tensors().values())
-
-
-def _flatten(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in inputs.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items() if isinstance(v, torch.Tensor)})
-        elif isinstance(value, torch.Tensor):
-            out[key] = value
-    return out
-
-
-def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        if "." in key:
-            outer, inner = key.split(".", 1)
-            out.setdefault(outer, {})[inner] = value
-        else:
-            out[key] = value
-    return out
 
 
 def _check_tensor(value: Any, name: str, ndim: int) -> torch.Tensor:
