@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from splitldm.link.channels import MixedBlockChannel, make_channel  # noqa: F401  (re-exported for 0.1 code)
 from splitldm.link.codec import SeedCodec
+from splitldm.recipes.resume import shuffled_loader
 
 KIND_VAE = -1  # "kind" column: -1 = VAE latent of a data image, k >= 0 = trajectory latent after step k
 
@@ -247,9 +248,8 @@ class CodecLatentData(L.LightningDataModule):
 
     def train_dataloader(self):
         ds = TensorDataset(self.train_set["latents"], self.train_set["kind"], self.weights())
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.hparams.num_workers,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
+        return shuffled_loader(self, ds, self.hparams.batch_size, self.hparams.seed, drop_last=True,
+                               num_workers=self.hparams.num_workers)  # resumable mid-epoch
 
     def val_dataloader(self):
         ds = TensorDataset(self.val_set["latents"], self.val_set["kind"])

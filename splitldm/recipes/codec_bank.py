@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from splitldm.link.codec_bank import SeedCodecBank, payload_layout
 from splitldm.recipes.codec import CodecConfig, CodecLatentData, CodecModule, _fingerprint, make_channel
+from splitldm.recipes.resume import shuffled_loader
 
 
 # ============================================================================ data
@@ -113,9 +114,8 @@ class CutFeatureData(CodecLatentData):
         return {name: (t.mean(dim=(0, 2, 3)), t.std(dim=(0, 2, 3))) for name, t in self.train_set.items()}
 
     def train_dataloader(self):
-        return DataLoader(_FeatureRows(self.train_set), batch_size=self.hparams.batch_size, shuffle=True,
-                          drop_last=True, num_workers=self.hparams.num_workers,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
+        return shuffled_loader(self, _FeatureRows(self.train_set), self.hparams.batch_size, self.hparams.seed,
+                               drop_last=True, num_workers=self.hparams.num_workers)  # resumable mid-epoch
 
     def val_dataloader(self):
         return DataLoader(_FeatureRows(self.val_set), batch_size=max(self.hparams.batch_size, 256),

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from splitldm.eval.data import ATTRIBUTE_NAMES, load_image_caption_dataset, make_example
+from splitldm.recipes.resume import shuffled_loader
 
 
 class ShapesDataset(Dataset):
@@ -84,10 +85,9 @@ class ShapesDataModule(L.LightningDataModule):
                 self.val_set = torch.utils.data.Subset(self.train_set, range(min(h.num_val, len(data))))
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, generator=g,
-                          num_workers=self.hparams.num_workers, drop_last=len(self.train_set) > self.hparams.batch_size,
-                          persistent_workers=self.hparams.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return shuffled_loader(self, self.train_set, self.hparams.batch_size, self.hparams.seed,  # resumable
+                               num_workers=self.hparams.num_workers, drop_last=len(self.train_set) > self.hparams.batch_size,
+                               persistent_workers=self.hparams.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
