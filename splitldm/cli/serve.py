@@ -150,6 +150,8 @@ def register(subparsers) -> None:
     p.add_argument("--read-timeout", type=float, default=10.0, help="seconds to receive a request body")
     p.add_argument("--token-env", default=None, help="environment variable holding the shared token")
     p.add_argument("--token-file", default=None, help="file holding the shared token")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (bit-identical results across processes need the same count on both)")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--policy", default=None, help="controller of steps / split / merge ratio: a CVPO folder or zoo "
                    "name (cvpo-meg), or 'rule' (the cost-model rule); default: the UE's request (fixed rule)")

@@ -32,6 +32,9 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from splitldm.link.codec import SeedCodec
 from splitldm.serve.batcher import DynamicBatcher, Ledger
 from splitldm.serve.edge import EdgeRunner, Job
@@ -219,9 +222,6 @@ async def _read_body(request, limit: int, timeout_s: float) -> bytes:
 
 def create_app(service: EdgeService):
     """The FastAPI app of ``service`` (run it with ``uvicorn.run(app, host="127.0.0.1", port=...)``)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher.start()

@@ -92,6 +92,7 @@ class EdgeRunner:
         if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1):
             raise ValueError(f"pad_to: expected None or an int >= 1, got {pad_to!r}")
         self.pad_to = pad_to
+        self.threads = torch.get_num_threads()  # the batches run in a worker thread: use the same count
         self.pipe = pipe
         self.codec = codec
         self.handshake = handshake
@@ -146,6 +147,8 @@ class EdgeRunner:
 
     def run(self, jobs: list[Job]) -> list[bytes | Exception]:
         """Frames (or the exception that ended each job), in job order."""
+        if torch.get_num_threads() != self.threads:  # OpenMP's thread count is per thread
+            torch.set_num_threads(self.threads)
         try:
             payloads = self.denoise(jobs)
         except Exception as exc:  # the batch failed: every job ends with this error

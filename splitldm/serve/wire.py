@@ -181,8 +181,10 @@ class Handshake:
 
     @property
     def session(self) -> str:
-        """Session id: SHA-256 (16 hex) of the handshake's content; the request names it."""
-        body = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        """Session id: SHA-256 (16 hex) of the handshake's content but its (informative) ``limits``; the
+        request names it. An ES restarted with the same models and link keeps its session id."""
+        content = {k: v for k, v in self.to_dict().items() if k != "limits"}
+        body = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(body).hexdigest()[:16]
 
     @property
