@@ -345,12 +345,16 @@ def _from_bits(bits: torch.Tensor) -> torch.Tensor:
 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    if bits.numel() == 0:  # e.g. 1x1 windows: every token is a destination, nothing to send
+        return torch.zeros(0, dtype=torch.uint8)
     pad = (-bits.numel()) % 8
     bits = torch.cat([bits, bits.new_zeros(pad)]).view(-1, 8)
     return _from_bits(bits).to(torch.uint8)
 
 
 def _unpack_bits(data: torch.Tensor, total: int) -> torch.Tensor:
+    if data.numel() == 0:
+        return torch.zeros(0, dtype=torch.uint8)
     return _to_bits(data.to(torch.int64).view(-1, 1), 8).reshape(-1)[:total]
 
 

@@ -228,10 +228,18 @@ def _header_field(header: dict[str, Any]) -> dict[str, Any]:
 
 
 def _peek_version(data: bytes) -> Any:
-    """The format version of ``data`` read as a check-less (version 1) payload, or None."""
+    """The format version of ``data`` if it is laid out as a check-less (version 1) payload, else None.
+
+    Only bytes whose safetensors layout covers them exactly (no trailing check) qualify, so a damaged
+    version 2 payload (whose version field a flipped bit may have changed) reports its failed check."""
     try:
-        return _header_field(_read_header(data)).get("version")
-    except (PayloadError, struct.error):
+        header = _read_header(data)
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        (header_len,) = struct.unpack("<Q", data[:8])
+        if 8 + header_len + max(ends, default=0) != len(data):
+            return None
+        return _header_field(header).get("version")
+    except (PayloadError, struct.error, TypeError, KeyError, IndexError):
         return None
 
 

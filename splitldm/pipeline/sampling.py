@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from splitldm.pipeline.families import Family, family_of, step_kwargs
+from splitldm.pipeline.payload_schema import apply_scheduler_state
 
 __all__ = ["GenerationSettings", "DenoiseState", "make_settings", "encode_prompts", "prepare", "denoise", "decode",
            "fresh_scheduler", "scheduler_state", "restore_scheduler", "pack_value", "unpack_value",
@@ -317,11 +318,10 @@ def scheduler_state(scheduler, reference) -> dict[str, Any]:
 
 
 def restore_scheduler(pipe, settings: GenerationSettings, state: dict[str, Any]):
-    """A fresh scheduler like ``pipe.scheduler`` for ``settings`` with ``state`` applied."""
+    """A fresh scheduler like ``pipe.scheduler`` for ``settings`` with ``state`` applied (only to the
+    attributes its class carries, each value checked: `payload_schema.apply_scheduler_state`)."""
     scheduler = fresh_scheduler(pipe, settings)
-    for key, value in state.items():
-        setattr(scheduler, key, value)
-    return scheduler
+    return apply_scheduler_state(scheduler, state, family_of(pipe).latent_shape(pipe, settings))
 
 
 def pack_value(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:

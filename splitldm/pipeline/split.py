@@ -32,10 +32,12 @@ from typing import Any
 import torch
 from diffusers.utils import logging as diffusers_logging
 
+from splitldm.checks import check_generation_inputs
 from splitldm.pipeline.chain import Carry, UNetChain
 from splitldm.link.stack import Link
 from splitldm.link.payload import Payload, PayloadError
 from splitldm.pipeline.families import Family, family_of, supported_pipelines
+from splitldm.pipeline.payload_schema import check_resumed_schedule, check_split_payload
 from splitldm.pipeline.sampling import (
     DenoiseState,
     GenerationSettings,
@@ -293,6 +295,7 @@ class SplitPipeline:
         ``options``: the family's own arguments, `Family.options`). Returns the `Payload` to send.
         """
         pipe = self.pipe
+        check_generation_inputs(latents=latents, dtype=self.family.denoiser(pipe).dtype, height=height, width=width)
         settings = make_settings(pipe, prompt, num_inference_steps=num_inference_steps,
                                  guidance_scale=guidance_scale, negative_prompt=negative_prompt,
                                  num_images_per_prompt=num_images_per_prompt, eta=eta,
@@ -382,6 +385,7 @@ class SplitPipeline:
         if not isinstance(payload, Payload):
             raise TypeError(f"payload: expected a Payload, got {type(payload).__name__}")
         pipe, meta, tensors = self.device_pipe, payload.meta, payload.tensors
+        check_split_payload(payload, pipe, handoff=self.device_steps is not None)
         if meta.get("kind") != "splitldm.split":
             raise PayloadError("payload: not a SplitPipeline payload (meta['kind'] missing)")
         if meta.get("family", "sd") != self.family.name:
@@ -410,6 +414,7 @@ class SplitPipeline:
         if state.num_steps != meta["num_steps"] or not 0 <= state.step <= state.num_steps:
             raise PayloadError(f"payload: step {state.step} of {meta['num_steps']} does not fit this scheduler "
                                f"({state.num_steps} timesteps)")
+        check_resumed_schedule(meta, state)
         if "carry" in meta:
             chain = self.chain if pipe is self.pipe else self.family.chain(pipe)
             carry_tensors = {k[len("carry."):]: v.to(device) for k, v in tensors.items() if k.startswith("carry.")}
