@@ -461,14 +461,15 @@ _COMPONENT_CONFIGS = ("config.json", "scheduler_config.json")
 
 
 def check_pipeline_folder(folder: str | os.PathLike, *, arg: str = "name_or_path",
-                          bounds: Mapping[str, Bound] = DIFFUSERS_BOUNDS) -> dict[str, Any]:
+                          bounds: Mapping[str, Bound] = DIFFUSERS_BOUNDS, require_index: bool = True) -> dict[str, Any]:
     """Check a local diffusers pipeline folder before diffusers reads it; returns ``model_index.json``.
 
     No file or folder in it may be a symlink that leaves it (hub snapshots may link into their own
     cache), ``model_index.json`` and every component's ``config.json`` / ``scheduler_config.json`` must be
     JSON objects of at most `MAX_CONFIG_BYTES` (components may hold ``Infinity``, as diffusers writes it), and every size in them within ``bounds``
     (`DIFFUSERS_BOUNDS`): absurd sizes are refused here, before any weight is allocated.
-    Raises ValueError / FileNotFoundError naming ``arg``.
+    Raises ValueError / FileNotFoundError naming ``arg``. With ``require_index=False`` a folder without
+    ``model_index.json`` passes (returns ``{}``): the caller reports the missing files its own way.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -480,6 +481,8 @@ def check_pipeline_folder(folder: str | os.PathLike, *, arg: str = "name_or_path
             if p.is_symlink() and not p.resolve().is_relative_to(root):
                 raise ValueError(f"{arg}: {p} is a link outside the folder {folder} (to {p.resolve()}); refused")
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+    if not require_index and not (folder / "model_index.json").exists():
+        return {}
     index = read_config(folder, "model_index.json", arg=arg)
     for key, value in index.items():
         if key.startswith("_") or not (isinstance(value, list) and len(value) == 2 and value[0]):

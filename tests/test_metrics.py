@@ -1,10 +1,13 @@
 """PSNR / SSIM / Fréchet distance / prompt adherence, and the classifier checkpoint format."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitldm.eval import data, metrics
 
@@ -178,3 +181,155 @@ def test_classifier_bad_arguments(tmp_path, monkeypatch):
     (tmp_path / "c" / "config.json").write_text(json.dumps({**cfg, "depth": 3}))
     with pytest.raises(ValueError, match="depth"):
         metrics.AttributeClassifier.from_pretrained(tmp_path / "c")
+
+
+# ============================================================================ bad inputs (issue 12)
+_X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+_NAN = _X.clone()
+_NAN[0, 0, 0, 0] = math.nan
+_INF = _X.clone()
+_INF[1, 2, 3, 4] = math.inf
+
+
+class _NaNFeatures:
+    name = "nan-features"
+
+    def __call__(self, images):
+        return torch.full((len(images), 4), math.nan)
+
+
+#: (entry point, call, exception, text of the error, kind of bad input, outcome)
+_METRICS = [
+    ("`psnr`", lambda: metrics.psnr(_X * 255, _X), ValueError, "images: values must lie in \\[0.0, 1.0\\]",
+     "images in [0, 255] with the default `data_range=1`", "ValueError naming `images`, the range and the tolerance"),
+    ("`psnr`", lambda: metrics.psnr(_NAN, _X), ValueError, "images: must be finite", "NaN in `images`",
+     "ValueError naming `images`"),
+    ("`psnr`", lambda: metrics.psnr(_X, _INF), ValueError, "reference: must be finite", "inf in `reference`",
+     "ValueError naming `reference`"),
+    ("`psnr`", lambda: metrics.psnr(_X - 0.5, _X), ValueError, "images: values must lie", "negative images",
+     "ValueError naming `images`"),
+    ("`psnr`", lambda: metrics.psnr(_X, _X, data_range=0), ValueError, "data_range", "`data_range=0`",
+     "ValueError naming `data_range`"),
+    ("`psnr`", lambda: metrics.psnr(_X, _X, data_range=math.nan), ValueError, "data_range", "`data_range=NaN`",
+     "ValueError naming `data_range`"),
+    ("`psnr`", lambda: metrics.psnr(_X.to(torch.complex64), _X), TypeError, "images", "complex images",
+     "TypeError naming `images`"),
+    ("`psnr`", lambda: metrics.psnr(_X[0], _X[0]), ValueError, "images: expected 4 dimensions", "(C, H, W) images",
+     "ValueError naming `images` and the shape"),
+    ("`ssim`", lambda: metrics.ssim(_X[..., :8, :8], _X[..., :8, :8]), ValueError, "images: dimension 2 must be >= 11",
+     "images of 8 x 8 pixels (smaller than the 11 x 11 window)", "ValueError naming `images` and the minimum"),
+    ("`ssim`", lambda: metrics.ssim(_X * 255, _X * 255), ValueError, "images: values must lie",
+     "images in [0, 255] with `data_range=1`", "ValueError naming `images`"),
+    ("`ssim`", lambda: metrics.ssim(_X, _NAN), ValueError, "reference: must be finite", "NaN in `reference`",
+     "ValueError naming `reference`"),
+    ("`frechet_distance`", lambda: metrics.frechet_distance(torch.full((5, 3), math.nan), torch.zeros(5, 3)),
+     ValueError, "features_a: must be finite", "NaN features", "ValueError naming `features_a` (no linear-algebra error)"),
+    ("`frechet_distance`", lambda: metrics.frechet_distance(torch.zeros(5, 3), torch.zeros(1, 3)), ValueError,
+     "features_b: expected \\(N >= 2", "one feature row", "ValueError naming `features_b`: a covariance needs 2"),
+    ("`frechet_distance`", lambda: metrics.frechet_distance(torch.zeros(5), torch.zeros(5, 1)), ValueError,
+     "features_a: expected 2 dimensions", "1-D features", "ValueError naming `features_a`"),
+    ("`frechet_distance`", lambda: metrics.frechet_distance(np.array([["a"], ["b"]]), np.zeros((2, 1))), TypeError,
+     "features_a", "an array of strings", "TypeError naming `features_a`"),
+    ("`frechet_distance`", lambda: metrics.frechet_distance(torch.randn(5, 3, dtype=torch.float64) * 1e200,
+                                                            torch.zeros(5, 3, dtype=torch.float64)),
+     ValueError, "overflows float64", "features of magnitude 1e200", "ValueError: rescale the features"),
+    ("`fid`", lambda: metrics.fid(_X, _X[:1], _NaNFeatures()), ValueError, "generated: FID needs at least 2",
+     "one generated image", "ValueError naming `generated` (the demo and evaluate skip FID instead)"),
+    ("`fid`", lambda: metrics.fid(_X * 255, _X, _NaNFeatures()), ValueError, "real: values must lie",
+     "real images in [0, 255]", "ValueError naming `real`"),
+    ("`fid`", lambda: metrics.fid(_X, _X, _NaNFeatures()), ValueError, "extractor\\(real\\): must be finite",
+     "an extractor that returns NaN", "ValueError naming the extractor's output"),
+    ("`InceptionFeatures`", lambda: metrics.InceptionFeatures(3), TypeError, "weights_path", "a number as the path",
+     "TypeError naming `weights_path`"),
+    ("`InceptionFeatures`", lambda: metrics.InceptionFeatures(__file__, feature=1000), ValueError, "feature",
+     "`feature=1000`", "ValueError naming `feature` and the choices"),
+]
+
+#: (entry point, kind of bad input, what the user gets): collected into docs/guides/bad-inputs.md.
+CASES = [c[0:1] + c[4:6] for c in _METRICS] + [
+    ("`psnr` / `ssim`", "random shapes, ranges, NaN / inf (Hypothesis, 60 + 30 examples)",
+     "a correct value (PSNR >= 0 dB or +inf, SSIM in [-1, 1]) or ValueError; nothing else"),
+    ("`frechet_distance`", "random sizes, magnitudes, NaN (Hypothesis, 60 examples)",
+     "a finite distance >= 0 (0 for equal sets, |shift|^2 for a shift) or ValueError; nothing else"),
+]
+
+
+@pytest.mark.parametrize("entry,call,exc,needle", [c[:4] for c in _METRICS], ids=[f"{c[0]} {c[4]}" for c in _METRICS])
+def test_metric_inputs_are_checked(entry, call, exc, needle):
+    with pytest.raises(exc, match=needle):
+        call()
+
+
+def test_float_noise_beyond_the_range_is_tolerated_and_255_needs_data_range():
+    noisy = (_X * (1 + 5e-4)).clamp_min(0)  # a decoder's 1.0000x
+    assert torch.isfinite(metrics.psnr(noisy, _X)).all()
+    assert torch.allclose(metrics.psnr(_X * 255, (_X * 255).round(), data_range=255),
+                          metrics.psnr(_X, (_X * 255).round() / 255), atol=1e-3)
+    assert torch.allclose(metrics.ssim(_X * 255, _X * 255, data_range=255), torch.ones(2), atol=1e-4)
+
+
+_shapes = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 14), st.integers(1, 14))
+_values = st.floats(-0.5, 2.0, allow_nan=False, width=32) | st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0])
+
+
+def _images(draw, shape):
+    n = math.prod(shape)
+    vals = draw(st.lists(_values, min_size=n, max_size=n))
+    return torch.tensor(vals, dtype=torch.float32).reshape(shape)
+
+
+def _in_range(x, data_range=1.0):
+    tol = metrics.IMAGE_RANGE_TOLERANCE * data_range
+    return bool(torch.isfinite(x).all()) and float(x.min()) >= -tol and float(x.max()) <= data_range + tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_psnr_property_value_or_clean_error(data):
+    shape = data.draw(_shapes)
+    a = _images(data.draw, shape)
+    b = _images(data.draw, shape) if data.draw(st.booleans()) else a.clone()
+    try:
+        p = metrics.psnr(a, b)
+    except ValueError as exc:
+        assert str(exc).startswith(("images:", "reference:"))
+        assert not (_in_range(a) and _in_range(b))
+        return
+    assert _in_range(a) and _in_range(b)
+    assert p.shape == (shape[0],) and not torch.isnan(p).any() and (p > -0.1).all()
+    assert torch.isinf(p[(a - b).flatten(1).abs().amax(1) == 0]).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_ssim_property_value_or_clean_error(data):
+    shape = data.draw(st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(8, 13), st.integers(8, 13)))
+    a, b = _images(data.draw, shape), _images(data.draw, shape)
+    try:
+        s = metrics.ssim(a, b)
+    except ValueError as exc:
+        assert str(exc).startswith(("images:", "reference:"))
+        assert min(shape[2:]) < metrics.SSIM_WINDOW or not (_in_range(a) and _in_range(b))
+        return
+    assert min(shape[2:]) >= metrics.SSIM_WINDOW and _in_range(a) and _in_range(b)
+    assert s.shape == (shape[0],) and torch.isfinite(s).all() and (s.abs() <= 1 + 1e-4).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 6), m=st.integers(1, 6), d=st.integers(1, 4), scale=st.sampled_from([1e-3, 1.0, 1e3, 1e200]),
+       nan=st.booleans(), seed=st.integers(0, 2 ** 16), shift=st.floats(-10, 10))
+def test_frechet_property_value_or_clean_error(n, m, d, scale, nan, seed, shift):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+    b = torch.randn(m, d, generator=g, dtype=torch.float64) * scale
+    if nan:
+        a[0, 0] = math.nan
+    try:
+        fd = metrics.frechet_distance(a, b)
+    except ValueError as exc:
+        assert str(exc).startswith(("features_a:", "features_b:"))
+        assert nan or min(n, m) < 2 or scale > 1e100
+        return
+    assert not nan and min(n, m) >= 2 and math.isfinite(fd) and fd >= 0
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6 * max(1.0, scale ** 2))
+    assert metrics.frechet_distance(a, a + shift) == pytest.approx(d * shift ** 2, rel=1e-6, abs=1e-6 * scale ** 2)

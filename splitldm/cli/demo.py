@@ -12,9 +12,12 @@ THREADS_HELP = ("torch CPU threads (default: $SPLITLDM_THREADS, else $OMP_NUM_TH
 
 
 def _run(args: argparse.Namespace) -> int:
+    from splitldm.checks import check_output_path, check_seed
     from splitldm.eval.demo import DemoConfig, run_demo
     from splitldm.eval.threads import set_threads
 
+    check_seed(args.seed, "--seed")
+    check_output_path(args.out, "--out", folder=True)  # before the work: a blocked or unwritable --out fails now
     threads = set_threads(args.threads)
     if not args.progress:  # the application's choice: no diffusers loading bars either
         from diffusers.utils import logging as diffusers_logging

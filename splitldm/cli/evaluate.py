@@ -29,6 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitldm.checks import check_output_path
     from splitldm.eval.evaluate import EvalConfig, sweep
     from splitldm.eval.threads import set_threads
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("splitldm").setLevel(logging.WARNING if args.quiet else logging.INFO)
     cfg = EvalConfig.from_yaml(args.config, output=args.output, pipeline=args.pipeline, codecs=args.codecs,
                                snr_db=args.snr_db, num_prompts=args.num_prompts)
+    check_output_path(cfg.output, "--output" if args.output else "output", folder=True)  # before the sweep
     results = sweep(cfg, progress=args.progress and not args.quiet)
     print(json.dumps({"output": cfg.output, "rows": len(results["rows"]), "timing_s": results["timing_s"],
                       "fid_extractor": results["reference"]["fid_extractor"]}))
@@ -52,7 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="splitldm")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - the `splitldm` command's one-line errors (exit 2)
+        from splitldm.cli.main import _is_user_error, error_line
+
+        if not _is_user_error(exc):
+            raise
+        print(error_line(args, exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,11 +11,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from splitldm.checks import check_output_path, check_seed
 
-def _seed_generator(seed: int):
+
+def _seed_generator(seed: int, name: str = "--seed"):
     import torch
 
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(check_seed(seed, name))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's one-line error format: ``splitldm <cmd>: error: <message>``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -29,6 +38,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.scheduler is not None and args.scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler: unknown scheduler {args.scheduler!r}; choose from {sorted(SCHEDULERS)}")
+    check_seed(args.seed, "--seed")
+    path = check_output_path(args.out, "--out")  # before the work: a blocked or unwritable --out fails now
     pipe = load_pipeline(args.model, scheduler=args.scheduler)
     split = SplitPipeline(pipe, split_step=args.split_step, split_stage=args.split_stage, link=Link(),
                           condition=args.condition)
@@ -36,8 +47,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = split(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                 generator=_seed_generator(args.seed), output_type="pil")
     elapsed = time.perf_counter() - start
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out.images[0].save(path)
     report = {"out": str(path), "model": args.model, "scheduler": type(pipe.scheduler).__name__,
               "steps": args.steps, "split_step": args.split_step, "split_stage": args.split_stage,
@@ -86,7 +95,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitldm", description=__doc__)
+    parser = _Parser(prog="splitldm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate one image, split between ES and UE (ideal link)")
@@ -128,13 +137,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What a command reports as one line (exit 2) instead of a traceback: bad values and types (the library's
+#: boundary errors), files (missing, unreadable, unwritable, blocked), and malformed YAML configs.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, USER_ERRORS) or type(exc).__module__.split(".")[0] == "yaml"  # yaml.YAMLError
+
+
+def error_line(args: argparse.Namespace, exc: BaseException) -> str:
+    """``splitldm <cmd>: error: <message>`` on one line (whitespace of multi-line messages collapsed)."""
+    command = " ".join(str(c) for c in (args.command, getattr(args, "rl_command", None)) if c)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if type(exc).__module__.split(".")[0] == "yaml":
+        where = getattr(args, "config", None)
+        message = f"--config: {where} is not valid YAML: {message}" if where else f"malformed YAML: {message}"
+    elif isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        message = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return f"splitldm {command}: error: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``splitldm`` command; returns the exit status (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"splitldm {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error (see USER_ERRORS)
+        if not _is_user_error(exc):
+            raise
+        print(error_line(args, exc), file=sys.stderr)
         return 2
 
 

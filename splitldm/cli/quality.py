@@ -39,10 +39,14 @@ DEFAULT_PROMPTS = ["a red circle", "a blue square on a green background", "a yel
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitldm.checks import check_output_path, check_seed
     from splitldm.eval.quality import build_quality_table, pipeline_quality_fn
     from splitldm.eval.threads import set_threads
     from splitldm.pipeline.models import load_pipeline
 
+    for seed in args.seeds:
+        check_seed(seed, "--seeds")
+    check_output_path(args.output, "--output")  # before the work: a blocked or unwritable --output fails now
     set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("splitldm").setLevel(logging.INFO)

@@ -129,7 +129,8 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
 
     from splitldm.analysis import costs
     from splitldm.eval.data import prompts_for, render_batch
-    from splitldm.eval.metrics import ClassifierFeatures, fid, load_classifier, prompt_adherence, psnr, ssim
+    from splitldm.eval.metrics import (MIN_FID_IMAGES, ClassifierFeatures, fid, load_classifier, prompt_adherence,
+                                       psnr, ssim)
 
     cfg = config or DemoConfig()
     if cfg.num_prompts < 1:
@@ -168,13 +169,15 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
     reference = _to_tensor(central)
     real_images = render_batch(range(max(64, len(prompts))), split="test", seed=cfg.seed)[0]
     extractor = ClassifierFeatures(classifier) if classifier is not None else None
+    if extractor is not None and len(prompts) < MIN_FID_IMAGES:
+        notes.append(f"FID skipped: {len(prompts)} prompt(s); FID needs at least {MIN_FID_IMAGES} images")
 
     def quality(images: np.ndarray) -> dict[str, Any]:
         x = _to_tensor(images)
         q: dict[str, Any] = {"psnr_db": float(psnr(x, reference).clamp(max=100).mean()),
                              "ssim": float(ssim(x, reference).mean())}
         if extractor is not None:
-            q["fid"] = fid(real_images, x, extractor)
+            q["fid"] = fid(real_images, x, extractor) if len(x) >= MIN_FID_IMAGES else None  # see notes
             q["adherence"] = prompt_adherence(x, prompts, classifier)
         return q
 

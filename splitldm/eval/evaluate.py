@@ -174,9 +174,12 @@ class _Bench:
         self.extractor = extractor if not isinstance(extractor, _Unavailable) else None
         self.real_images = real_images
         self.fid_reference = None
-        if self.extractor is not None and real_images is not None:
-            from splitldm.eval.metrics import fid
+        from splitldm.eval.metrics import MIN_FID_IMAGES, fid
 
+        if self.extractor is not None and real_images is not None and len(self.reference) < MIN_FID_IMAGES:
+            logger.warning("FID skipped: %d image(s); FID needs at least %d", len(self.reference), MIN_FID_IMAGES)
+            self.extractor = None
+        if self.extractor is not None and real_images is not None:
             self.fid_reference = fid(real_images, self.reference, self.extractor)
 
     def run(self, stages: Sequence[LinkStage], snr_db: float, generator: torch.Generator,
@@ -260,7 +263,8 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
     cov_payload = bench.split.edge(cov_prompts, generator=torch.Generator().manual_seed(cfg.seed + 1),
                                    **bench.gen_kwargs)
     cov = latent_covariance(cov_payload.tensors["latents"].float(), mode="full")
-    variance = float(bench.latents.var(dim=0, unbiased=False).mean())
+    variance = (float(bench.latents.var(dim=0, unbiased=False).mean()) if len(bench.latents) > 1
+                else float(bench.latents.var()))  # one prompt: no spread across the batch to measure
     say(f"[evaluate] {len(prompts)} prompts, latents {shape}, variance {variance:.4g}; "
         f"covariance from {cov.num_samples} latents (shrinkage {cov.shrinkage:.3f})")
 

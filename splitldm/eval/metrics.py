@@ -93,7 +93,10 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"features_b: dimension {b.shape[1]} does not match features_a {a.shape[1]}")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
+    if not all(bool(torch.isfinite(t).all()) for t in (mu_a, mu_b, cov_a, cov_b)):
+        raise ValueError("features_a: the Fréchet distance overflows float64 (features of magnitude "
+                         f"{max(float(a.abs().max()), float(b.abs().max())):.3g}); rescale the features")
     ev, vec = torch.linalg.eigh(cov_a)
     sqrt_a = (vec * ev.clamp_min(0).sqrt()) @ vec.T
     mid = sqrt_a @ cov_b @ sqrt_a

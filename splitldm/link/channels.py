@@ -38,6 +38,7 @@ from typing import Any, Sequence, Union
 import torch
 
 from splitldm.analysis.limits import CHANNELS, lmmse_weight
+from splitldm.checks import check_seed, check_tensor
 from splitldm.link.analog import AnalogLink
 from splitldm.link.payload import Payload
 from splitldm.link.stack import LinkContext, LinkStage
@@ -140,6 +141,7 @@ def _check_symbols(z: Any, name: str = "z") -> None:
                         "(pair real values with real_to_complex and normalise with normalize_power)")
     if z.dim() < 2 or z.shape[0] == 0 or z[0].numel() == 0:
         raise ValueError(f"{name}: expected shape (B, ...) with B >= 1 and >= 1 symbol per sample, got {tuple(z.shape)}")
+    check_tensor(z, name, finite=True)  # a NaN / inf symbol would silently poison the power and the equaliser
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -170,7 +172,10 @@ class Channel(LinkStage):
         csi: receiver channel knowledge, one of `CSI_MODES`.
         zf_min_gain: for ``csi="zf"``, ``|h|`` is floored at this value (a deep fade is amplified at
             most by ``1/zf_min_gain``), in linear amplitude.
-        seed: seed of the module's own generator, used when a call passes ``generator=None``.
+        seed: seed of the module's own generator, used when a call passes ``generator=None``: an int in
+            ``[0, 2**64 - 1]`` (`splitldm.checks.check_seed`; a float seed is a TypeError, never truncated).
+
+    NaN or inf symbols (in ``z``, ``y`` or a payload's complex tensors) are a ValueError naming the tensor.
     """
 
     fading = "none"
@@ -187,7 +192,7 @@ class Channel(LinkStage):
         self.snr_db = snr_db
         self.csi = csi
         self.zf_min_gain = float(zf_min_gain)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)  # an int in [0, 2**64 - 1]; a float seed is refused, never truncated
         self._generator: torch.Generator | None = None
 
     # -------------------------------------------------------------- pieces (symbol level)
@@ -326,6 +331,8 @@ class Channel(LinkStage):
         tensors = dict(payload.tensors)
         meta = dict(payload.meta)
         names = [k for k, v in tensors.items() if v.is_complex()]
+        for k in names:
+            check_tensor(tensors[k], f"payload.tensors[{k!r}]", finite=True)
         batch = _common_batch([tensors[k].shape[0] for k in names], names)
         flats = [_per_sample(tensors[k], batch) for k in names]
         sizes = [f.shape[1] for f in flats]

@@ -495,8 +495,8 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny", *, scheduler: str | 
         path = Path(name).expanduser()
     family = None
     if path.exists():
+        check_pipeline_folder(path, require_index=False)  # no symlink out, sane sizes: before any allocation
         family = _folder_family(path)
-        check_pipeline_folder(path)  # no symlink out, strict JSON, sane sizes: before diffusers allocates
         local_files_only = True
         source = str(path)
     else:
