@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.clients, args.requests = 8, 3
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     pipe = load_pipeline("tiny")
     phases = []
