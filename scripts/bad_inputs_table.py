@@ -73,7 +73,12 @@ def collect(tests: Path = ROOT / "tests") -> list[Case]:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    """One table cell: whitespace collapsed, ``|`` escaped, and outside `code` spans ``[`` / ``]`` escaped
+    (``a[name][field]`` would otherwise read as a cross-reference)."""
+    parts = " ".join(text.split()).replace("|", "\\|").split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("[", "\\[").replace("]", "\\]")
+    return "`".join(parts)
 
 
 def table(cases: list[Case]) -> str:
