@@ -113,8 +113,8 @@ def test_codec_resume_refuses_values_that_differ(codec_runs):
     msg = str(err.value)
     assert isinstance(err.value, ValueError) and msg.startswith("ckpt_path:")
     assert "model.lr: checkpoint 0.001, now 0.01" in msg
-    assert "model.codec.hidden_channels: checkpoint 8.0, now 16.0" in msg  # named, not a tensor size mismatch
-    assert "data.batch_size: checkpoint 4.0, now 2.0" in msg
+    assert "model.codec.hidden_channels: checkpoint 8, now 16" in msg  # named, not a tensor size mismatch
+    assert "data.batch_size: checkpoint 4, now 2" in msg
     assert sorted(p.name for p in (tmp / "stopped" / "ckpt").iterdir()) == before  # nothing ran
 
     # another export folder is refused too: a resume exports where the resumed run said
@@ -202,7 +202,7 @@ def test_check_resume_allows_and_logs_only_the_listed_keys(caplog):
         check_resume(ckpt, {"lr": 0.001, "codec": {"rho": 0.125}, "export_dir": "runs/a", "new_option": 1},
                      {"batch_size": 4, "num_workers": 2, "cache_dir": "c2"}, "x.ckpt")
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "data.num_workers changed from 0.0 (checkpoint) to 2.0" in text
+    assert "data.num_workers changed from 0 (checkpoint) to 2" in text
     assert "data.cache_dir changed from 'c1' (checkpoint) to 'c2'" in text
     assert "model.new_option is not recorded in x.ckpt" in text
     assert "the export goes to 'runs/a'" in text

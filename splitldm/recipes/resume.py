@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import numbers
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping
@@ -59,8 +58,8 @@ class ResumeMismatchError(ValueError):
 
 # ============================================================================ hyper-parameters
 def _plain(value):
-    """``value`` as plain JSON-like data (dataclasses and namespaces as dicts, tuples as lists, numbers as
-    floats, paths as strings), so that a config and a checkpoint compare by meaning, not by type."""
+    """``value`` as plain JSON-like data (dataclasses and namespaces as dicts, tuples as lists, paths as
+    strings), so that a config and a checkpoint compare by meaning, not by type (``4 == 4.0`` in Python)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if hasattr(value, "as_dict") and callable(value.as_dict):  # jsonargparse Namespace
@@ -71,8 +70,6 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
-        return float(value)
     return value
 
 
