@@ -196,18 +196,23 @@ def test_codec_bank_resume_is_bit_exact(tmp_path):
 
 
 def test_check_resume_allows_and_logs_only_the_listed_keys(caplog):
-    ckpt = {"hyper_parameters": {"lr": 1e-3, "codec": {"rho": 0.125}, "export_dir": "runs/a", "_instantiator": "x"},
+    ckpt = {"hyper_parameters": {"lr": 1e-3, "codec": {"rho": 0.125}, "export_dir": "runs/a", "_instantiator": "x",
+                                 "old_option": 3, "model": None},
             "datamodule_hyper_parameters": {"batch_size": 4, "num_workers": 0, "cache_dir": "c1"}, "global_step": 2}
     with caplog.at_level(logging.WARNING, logger="splitldm.recipes.resume"):
-        check_resume(ckpt, {"lr": 0.001, "codec": {"rho": 0.125}, "export_dir": "runs/a", "new_option": 1},
+        check_resume(ckpt, {"lr": 0.001, "codec": {"rho": 0.125}, "export_dir": "runs/a", "new_option": 1, "model": None},
                      {"batch_size": 4, "num_workers": 2, "cache_dir": "c2"}, "x.ckpt")
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "data.num_workers changed from 0 (checkpoint) to 2" in text
     assert "data.cache_dir changed from 'c1' (checkpoint) to 'c2'" in text
-    assert "model.new_option is not recorded in x.ckpt" in text
+    assert "model.new_option is not recorded in x.ckpt (a parameter added since?): using 1" in text
+    assert "model.old_option = 3 in x.ckpt is no parameter of this version: ignored" in text
     assert "the export goes to 'runs/a'" in text
     with pytest.raises(ResumeMismatchError, match=r"1 value\(s\).*model.codec.rho: checkpoint 0.125, now 0.25"):
-        check_resume(ckpt, {"lr": 1e-3, "codec": {"rho": 0.25}, "export_dir": "runs/a"}, None, "x.ckpt")
+        check_resume(ckpt, {"lr": 1e-3, "codec": {"rho": 0.25}, "export_dir": "runs/a", "model": None}, None, "x.ckpt")
+    # a structure that changed (None -> a dict of settings) is a changed value, not a new parameter
+    with pytest.raises(ResumeMismatchError, match=r"model.model: checkpoint None, now \{'lambdas': \[1.0\]\}"):
+        check_resume(ckpt, {"lr": 1e-3, "codec": {"rho": 0.125}, "export_dir": "runs/a", "model": {"lambdas": [1.0]}})
 
 
 def test_epoch_sampler_order_and_state():

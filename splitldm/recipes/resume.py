@@ -73,25 +73,30 @@ def _plain(value):
     return value
 
 
-def _flatten(value, prefix: str) -> dict[str, object]:
-    if isinstance(value, dict) and value:
-        out: dict[str, object] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}"))
-        return out
-    return {prefix: value}
+class _Missing:
+    def __repr__(self) -> str:
+        return "(not recorded)"
 
 
-_MISSING = "(not recorded)"
+_MISSING = _Missing()
+
+
+def _diff(saved, current, key: str, out: list) -> None:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for k in sorted(saved.keys() | current.keys()):
+            _diff(saved.get(k, _MISSING), current.get(k, _MISSING), f"{key}.{k}", out)
+    elif saved is _MISSING or current is _MISSING or saved != current:
+        if not (saved is _MISSING and current is _MISSING):
+            out.append((key, saved, current))
 
 
 def hparam_differences(saved: Mapping, current: Mapping, section: str) -> list[tuple[str, object, object]]:
     """``[(key, saved value, current value)]`` for every hyper-parameter that differs, keys dotted as on
-    the command line (``model.codec.hidden_channels``); a key only one side has shows `_MISSING` on the other.
-    Keys starting with ``_`` (Lightning's bookkeeping, e.g. ``_instantiator``) are ignored."""
-    a, b = _flatten(_plain(dict(saved)), section), _flatten(_plain(dict(current)), section)
-    return [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(a.keys() | b.keys())
-            if a.get(k, _MISSING) != b.get(k, _MISSING)]
+    the command line (``model.codec.hidden_channels``); a key only one side has shows ``(not recorded)``
+    on the other. Keys starting with ``_`` (Lightning's bookkeeping, e.g. ``_instantiator``) are ignored."""
+    out: list[tuple[str, object, object]] = []
+    _diff(_plain(dict(saved)), _plain(dict(current)), section, out)
+    return out
 
 
 def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapping | None = None,
@@ -111,7 +116,8 @@ def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapp
     diffs = hparam_differences(checkpoint.get("hyper_parameters") or {}, model_hparams, "model")
     if data_hparams is not None and checkpoint.get("datamodule_hyper_parameters") is not None:
         diffs += hparam_differences(checkpoint["datamodule_hyper_parameters"], data_hparams, "data")
-    refused = [d for d in diffs if d[0] not in ALLOWED_ON_RESUME and _MISSING not in (d[1], d[2])]
+    # a key only one side has is a parameter added or removed since (a new version): warned, not refused
+    refused = [d for d in diffs if d[0] not in ALLOWED_ON_RESUME and d[1] is not _MISSING and d[2] is not _MISSING]
     if refused:
         lines = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, old, new in refused)
         raise ResumeMismatchError(
@@ -121,10 +127,10 @@ def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapp
     if not log:
         return
     for key, old, new in diffs:
-        if _MISSING in (old, new):
-            logger.warning("resume: %s is %s in %s and %r now (a version change?): using %r", key,
-                           "not recorded" if old == _MISSING else f"{old!r}", name,
-                           new if new != _MISSING else "not a parameter", new)
+        if old is _MISSING:
+            logger.warning("resume: %s is not recorded in %s (a parameter added since?): using %r", key, name, new)
+        elif new is _MISSING:
+            logger.warning("resume: %s = %r in %s is no parameter of this version: ignored", key, old, name)
         else:
             logger.warning("resume: %s changed from %r (checkpoint) to %r: allowed on resume (no number "
                            "depends on it)", key, old, new)
