@@ -15,4 +15,9 @@ Each recipe exports safetensors when fitting ends (diffusers folders for the gen
 ``save_pretrained`` folders for ours) to ``export_dir``: under ``runs/`` in every shipped config, so a
 run never overwrites the shipped models in ``splitldm/checkpoints/`` (copy an export there by hand).
 Shipped models are named by their `splitldm.zoo` names in the configs (``teacher_path: tiny``).
+
+``--ckpt_path <file | last>`` resumes a run: with the same configuration it ends bit for bit where an
+uninterrupted run ends (data order, random states, optimizer and LR schedule restored); ``--model.*`` /
+``--data.*`` values that differ from the checkpoint's are refused, and the export goes where the resumed
+run said (`splitldm.recipes.resume`; docs/guides/determinism.md).
 """
