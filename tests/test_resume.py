@@ -249,3 +249,23 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_merge_decoder_resume_restores_its_own_generator(tmp_path):
+    """The merge-aware decoder recipe draws its merge ratios and latent noise from a generator the module
+    owns; a resume continues that generator's stream (saved with the checkpoint)."""
+    def args(run, extra=()):
+        return ["fit", "--config", "configs/merge_decoder.yaml", "--model.pipeline", "tiny-random",
+                "--model.eval_images", "2", "--model.export_dir", str(tmp_path / "export"),
+                "--data.batch_size", "2", "--data.num_train", "8", "--data.num_val", "2",
+                "--trainer.max_steps", "4", "--trainer.enable_checkpointing", "true",
+                "--trainer.default_root_dir", str(tmp_path / run), "--trainer.callbacks+=ModelCheckpoint",
+                "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1",
+                f"--trainer.callbacks.dirpath={tmp_path / run / 'ckpt'}", *FAST, *extra]
+
+    from splitldm.recipes import merge_decoder
+
+    straight = _state(merge_decoder.main(args("straight")))
+    ckpt = tmp_path / "straight" / "ckpt" / "epoch=0-step=2.ckpt"
+    resumed = merge_decoder.main(args("resumed", ["--ckpt_path", str(ckpt)]))
+    _assert_bit_equal(straight, _state(resumed))

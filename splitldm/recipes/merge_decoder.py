@@ -100,6 +100,16 @@ class MergeDecoderModule(L.LightningModule):
             p.requires_grad_(name.startswith(_PREFIXES))
         self._gen = torch.Generator().manual_seed(seed)
 
+    # The corruption generator is the module's own: its state goes into Lightning checkpoints, so a
+    # resumed fit draws what the uninterrupted one draws (see splitldm.recipes.resume).
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["corruption_generator"] = self._gen.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("corruption_generator")
+        if state is not None:
+            self._gen.set_state(state)
+
     def _corrupt(self, z: torch.Tensor) -> tuple[torch.Tensor, float]:
         h = self.hparams
         ratio = float(torch.rand((), generator=self._gen)) * h.max_ratio
