@@ -213,6 +213,11 @@ def test_check_resume_allows_and_logs_only_the_listed_keys(caplog):
     # a structure that changed (None -> a dict of settings) is a changed value, not a new parameter
     with pytest.raises(ResumeMismatchError, match=r"model.model: checkpoint None, now \{'lambdas': \[1.0\]\}"):
         check_resume(ckpt, {"lr": 1e-3, "codec": {"rho": 0.125}, "export_dir": "runs/a", "model": {"lambdas": [1.0]}})
+    # the early check (before setup) leaves values a recipe fills in at setup (the codec bank's layout) to later
+    bank = {"hyper_parameters": {"layout": {"latents": [4, 8, 8]}}}
+    check_resume(bank, {"layout": None}, log=False, skip_unset=True)
+    with pytest.raises(ResumeMismatchError, match="model.layout"):
+        check_resume(bank, {"layout": None}, log=False)
 
 
 def test_epoch_sampler_order_and_state():

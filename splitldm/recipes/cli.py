@@ -42,7 +42,8 @@ class RecipeCLI(LightningCLI):
         if path and os.path.isfile(path):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             dm = self.datamodule
-            check_resume(checkpoint, self.model.hparams, dm.hparams if dm is not None else None, path, log=False)
+            check_resume(checkpoint, self.model.hparams, dm.hparams if dm is not None else None, path, log=False,
+                         skip_unset=True)  # values filled in at setup: compared later, by ResumeState
 
 
 def main(model_class, datamodule_class=ShapesDataModule, args: list[str] | None = None, run: bool = True):

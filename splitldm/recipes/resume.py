@@ -100,7 +100,7 @@ def hparam_differences(saved: Mapping, current: Mapping, section: str) -> list[t
 
 
 def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapping | None = None,
-                 ckpt_path: str | os.PathLike | None = None, log: bool = True) -> None:
+                 ckpt_path: str | os.PathLike | None = None, log: bool = True, skip_unset: bool = False) -> None:
     """Compare a run's hyper-parameters with those its checkpoint recorded (see the module docstring).
 
     Args:
@@ -108,6 +108,8 @@ def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapp
         model_hparams, data_hparams: the resumed run's ``module.hparams`` and ``datamodule.hparams``.
         ckpt_path: named in the messages.
         log: log the allowed changes and where the export goes (warnings); False only checks.
+        skip_unset: do not compare values that are None now (a recipe may fill them in at setup, e.g.
+            the codec bank's ``layout``): the early check before the trainer runs.
 
     Raises:
         ResumeMismatchError: values outside `ALLOWED_ON_RESUME` differ; the message names every one.
@@ -117,7 +119,8 @@ def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapp
     if data_hparams is not None and checkpoint.get("datamodule_hyper_parameters") is not None:
         diffs += hparam_differences(checkpoint["datamodule_hyper_parameters"], data_hparams, "data")
     # a key only one side has is a parameter added or removed since (a new version): warned, not refused
-    refused = [d for d in diffs if d[0] not in ALLOWED_ON_RESUME and d[1] is not _MISSING and d[2] is not _MISSING]
+    refused = [d for d in diffs if d[0] not in ALLOWED_ON_RESUME and d[1] is not _MISSING and d[2] is not _MISSING
+               and not (skip_unset and d[2] is None)]
     if refused:
         lines = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, old, new in refused)
         raise ResumeMismatchError(
@@ -178,9 +181,11 @@ class ResumeState(L.Callback):
     """Makes a resumed fit continue the interrupted one (added to every recipe by `splitldm.recipes.cli`).
 
     * ``on_load_checkpoint``: `check_resume` against the checkpoint a fit resumes from (whatever
-      ``ckpt_path`` named: a file, ``"last"``, ...). Lightning loads the weights just before this hook;
-      `splitldm.recipes.cli.RecipeCLI` checks a checkpoint file earlier still, so that a different
-      architecture is reported by name rather than as a tensor size mismatch.
+      ``ckpt_path`` named: a file, ``"last"``, ...), after the module's ``setup`` (values a recipe fills
+      in there, like the codec bank's layout, are compared too). Lightning loads the weights just
+      before this hook; `splitldm.recipes.cli.RecipeCLI` checks a checkpoint file earlier still (values
+      not set yet aside), so that a different architecture is reported by name rather than as a tensor
+      size mismatch.
     * ``state_dict`` / ``load_state_dict``: the global random states (`rng_state`) at the save, restored
       at the first ``on_train_batch_start`` (after Lightning's sanity check, data loading and restart
       bookkeeping, just before the next training step),
