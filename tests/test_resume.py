@@ -35,6 +35,8 @@ CASES = [
      "resumes; a warning says the global generators start from the seed"),
     (_ENTRY, "a longer --trainer.max_steps than a one-cycle LR schedule was sized for",
      "ResumeMismatchError naming trainer.max_steps and the schedule's length (a warning for other schedules)"),
+    ("splitldm.recipes.resume.read_checkpoint (the early check of --ckpt_path)", "a crafted pickle (zip or raw)",
+     "pickle.UnpicklingError from torch (weights_only=True); nothing runs"),
     ("splitldm.recipes.resume.EpochSampler.load_state_dict", "a loader state of other data (size or seed)",
      "ResumeMismatchError naming num_examples / seed"),
 ]
@@ -241,6 +243,25 @@ def test_epoch_sampler_order_and_state():
         EpochSampler(10, seed=0).load_state_dict(state.state_dict(batch_size=3))
     with pytest.raises(ValueError, match="num_examples"):
         EpochSampler(0)
+
+
+def test_read_checkpoint_never_unpickles(tmp_path):
+    import pickle
+
+    from splitldm.recipes.resume import read_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "PWNED"), "w"))
+
+    torch.save({"w": Evil()}, tmp_path / "zip.ckpt")
+    (tmp_path / "raw.ckpt").write_bytes(pickle.dumps({"w": Evil()}))
+    for name in ("zip.ckpt", "raw.ckpt"):
+        with pytest.raises(pickle.UnpicklingError):
+            read_checkpoint(tmp_path / name)
+    assert not (tmp_path / "PWNED").exists()
+    torch.save({"hyper_parameters": {"lr": 1.0}}, tmp_path / "ok.ckpt", _use_new_zipfile_serialization=False)
+    assert read_checkpoint(tmp_path / "ok.ckpt")["hyper_parameters"] == {"lr": 1.0}  # legacy format: no mmap
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from splitldm.eval.threads import set_threads
 from splitldm.recipes.datamodule import ShapesDataModule
-from splitldm.recipes.resume import ResumeMismatchError, ResumeState, check_resume
+from splitldm.recipes.resume import ResumeMismatchError, ResumeState, check_resume, read_checkpoint
 
 __all__ = ["RecipeCLI", "main"]
 
@@ -40,7 +40,7 @@ class RecipeCLI(LightningCLI):
         """A checkpoint file is checked before the trainer loads its weights (`check_resume`)."""
         path = self.config_init[self.subcommand].get("ckpt_path")
         if path and os.path.isfile(path):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            checkpoint = read_checkpoint(path)
             dm = self.datamodule
             check_resume(checkpoint, self.model.hparams, dm.hparams if dm is not None else None, path, log=False,
                          skip_unset=True)  # values filled in at setup: compared later, by ResumeState

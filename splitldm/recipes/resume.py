@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 __all__ = ["ALLOWED_ON_RESUME", "EpochSampler", "ResumableDataLoader", "ResumeMismatchError", "ResumeState",
-           "check_resume", "hparam_differences", "rng_state", "set_rng_state", "shuffled_loader"]
+           "check_resume", "hparam_differences", "read_checkpoint", "rng_state", "set_rng_state", "shuffled_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,18 @@ def check_resume(checkpoint: Mapping, model_hparams: Mapping, data_hparams: Mapp
     step = checkpoint.get("global_step")
     logger.warning("resume: continuing %s from step %s; the export goes to %s, as the resumed run said",
                    name, step, repr(export) if export else "nowhere (export_dir unset)")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint as a dict, read with ``torch.load(weights_only=True)`` (nothing is unpickled
+    beyond tensors and plain data: a crafted file raises `pickle.UnpicklingError`); memory-mapped when
+    it is in torch's zip format, so that reading its hyper-parameters does not read its weights."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
 
 
 # ============================================================================ random states
