@@ -9,12 +9,9 @@ fields of `splitldm.link.digital.DigitalConfig` (``info_bits``, ``payload_bits``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import torch
-
-if TYPE_CHECKING:
-    from splitldm.link.digital import DigitalConfig
 
 __all__ = ["_Coder"]
 
@@ -34,7 +31,7 @@ class _Coder:
 
     _cache: dict = {}
 
-    def __init__(self, cfg: DigitalConfig, device: str, num_iter: int):
+    def __init__(self, cfg: Any, device: str, num_iter: int):  # cfg: a DigitalConfig (fields above)
         # Sionna imports take seconds: import on first use only.
         from sionna.phy.fec.crc import CRCDecoder, CRCEncoder
         from sionna.phy.fec.ldpc import LDPC5GDecoder, LDPC5GEncoder
@@ -57,7 +54,7 @@ class _Coder:
         self.demapper = Demapper("app", "qam", cfg.bits_per_symbol, precision="single", device=device)
 
     @classmethod
-    def get(cls, cfg: DigitalConfig, device: torch.device, num_iter: int) -> "_Coder":
+    def get(cls, cfg: Any, device: torch.device, num_iter: int) -> "_Coder":
         key = (cfg.info_bits, cfg.bits_per_symbol, cfg.codeword_bits, cfg.crc, str(device), num_iter)
         if key not in cls._cache:
             import warnings
