@@ -129,6 +129,18 @@ def _unflatten_inputs(flat: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
+def check_stage_range(start: Any, stop: Any, n: int, stages: str) -> tuple[int, int]:
+    """``(start, stop)`` of a stage range ``[start, stop)`` of a chain of ``n`` stages (``stop`` None: ``n``);
+    TypeError / ValueError naming ``start, stop`` otherwise. ``stages`` describes the chain in messages."""
+    stop = n if stop is None else stop
+    for name, value in (("start", start), ("stop", stop)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if not 0 <= start <= stop <= n:
+        raise ValueError(f"start, stop: need 0 <= start <= stop <= {n} ({stages}), got {start}, {stop}")
+    return start, stop
+
+
 @dataclass(frozen=True)
 class Cut:
     """One row of a cut table: what splitting before stage ``index`` costs.
@@ -216,14 +228,7 @@ class UNetChain:
 
     # ----------------------------------------------------------------- stages
     def _check_range(self, start: int, stop: int | None) -> tuple[int, int]:
-        n = len(self)
-        stop = n if stop is None else stop
-        for name, value in (("start", start), ("stop", stop)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-        if not 0 <= start <= stop <= n:
-            raise ValueError(f"start, stop: need 0 <= start <= stop <= {n} (stages {self.names}), got {start}, {stop}")
-        return start, stop
+        return check_stage_range(start, stop, len(self), f"stages {self.names}")
 
     def run(self, carry: Carry, start: int = 0, stop: int | None = None) -> Carry:
         """Run stages ``[start, stop)`` on ``carry`` and return the new carry."""

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitldm.pipeline.chain import Cut
+from splitldm.pipeline.chain import Cut, check_stage_range
 from splitldm.pipeline.chain import _flatten_inputs as _flatten
 from splitldm.pipeline.chain import _unflatten_inputs as _unflatten
 from splitldm.pipeline.flops import count_flops, num_params, tensor_bytes
@@ -167,14 +167,7 @@ class DiTChain:
 
     # ----------------------------------------------------------------- running
     def _check_range(self, start: int, stop: int | None) -> tuple[int, int]:
-        n = len(self)
-        stop = n if stop is None else stop
-        for name, value in (("start", start), ("stop", stop)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-        if not 0 <= start <= stop <= n:
-            raise ValueError(f"start, stop: need 0 <= start <= stop <= {n} ({len(self)} stages), got {start}, {stop}")
-        return start, stop
+        return check_stage_range(start, stop, len(self), f"{len(self)} stages")
 
     def run(self, carry: DiTCarry, start: int = 0, stop: int | None = None) -> DiTCarry:
         """Run stages ``[start, stop)`` on ``carry`` and return the new carry."""
