@@ -115,6 +115,11 @@ def test_empty_prompt_lists_raise_value_error(tiny):
 
     with pytest.raises(ValueError, match="prompt"):
         make_settings(tiny, [])
+    for name in ("height", "width"):  # 0 / True are refused by name, not read as "the default size"
+        for bad in (0, True):
+            with pytest.raises(ValueError, match=f"{name}: must be a positive multiple of 8, got {bad!r}"):
+                make_settings(tiny, ["a"], **{name: bad})
+    assert make_settings(tiny, ["a"], height=None).height == 64
     with pytest.raises(ValueError, match="prompts"):
         prompt_adherence(torch.zeros(0, 3, 64, 64), [], load_classifier())
 

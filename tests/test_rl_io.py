@@ -214,6 +214,9 @@ def test_previous_format_still_loads(tmp_path):
     again = T2DRL.from_pretrained(tmp_path / "t")
     _same(t.ddqn, again.ddqn)
     assert again.cfg == t.cfg
+    (tmp_path / "t" / "policy.json").write_text('{"algorithm": "t2drl", "config": NaN}')  # strict JSON
+    with pytest.raises(ValueError, match="policy.json"):
+        T2DRL.from_pretrained(tmp_path / "t")
 
 
 def test_deprecated_aliases_work_and_warn(tmp_path):

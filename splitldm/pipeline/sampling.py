@@ -188,9 +188,10 @@ def make_settings(pipe, prompt, *, num_inference_steps: int = 50, guidance_scale
             raise ValueError(f"{name}: a {family.name} pipeline does not use it; leave it at 0")
     multiple = family.size_multiple(pipe)
     default = family.default_size(pipe)
-    height, width = height or default, width or default
+    height = default if height is None else height  # 0 is refused, not read as "the default"
+    width = default if width is None else width
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < multiple or value % multiple:
+        if not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple:
             raise ValueError(f"{name}: must be a positive multiple of {multiple}, got {value!r}")
     merged = family.check_options(pipe, {**family.options, **options})
     return GenerationSettings(prompts, negatives, num_inference_steps, float(guidance_scale),

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from splitldm import checks
 from splitldm.rl.agents.common import (
     CONFIG_NAME, PolicyMixin, _save_dir, _write_json, config_header, read_config, resolve_pretrained,
 )
@@ -121,7 +122,7 @@ class T2DRL(PolicyMixin):
         d = resolve_pretrained(pretrained_model_name_or_path)
         meta = read_config(d, cls)
         if meta is None:  # previous format: policy.json
-            meta = json.loads((d / "policy.json").read_text())
+            meta = checks.read_config(d, "policy.json")  # bounded, strict JSON, no symlink out
             if meta.get("algorithm") != cls.algorithm:
                 raise ValueError(f"directory: {d} holds a {meta.get('algorithm')!r} policy, not {cls.algorithm!r}")
         return cls(DDQN.from_pretrained(d / "ddqn"), D3PG.from_pretrained(d / "d3pg"), T2DRLConfig(**meta["config"]),
