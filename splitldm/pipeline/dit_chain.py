@@ -2,21 +2,11 @@
 
 Three diffusers transformers, one design:
 
-==========================  ==============================================  ====================================
-model                       stages                                          what crosses a cut between blocks
-==========================  ==============================================  ====================================
-`SD3Transformer2DModel`     ``input``, ``block.0`` .. ``block.{n-1}``,      image tokens (B, N, D) *and* text
-                            ``output``                                      tokens (B, L, D) (joint blocks
-                                                                            update both), ``temb`` (B, D)
-`PixArtTransformer2DModel`  ``input``, ``block.0`` .. ``block.{n-1}``,      image tokens (B, N, D); the text
-                            ``output``                                      (B, L, D) is not updated per block
-                                                                            (it can be recomputed from the
-                                                                            prompt), its mask, ``temb`` (B, 6D)
-                                                                            and ``embedded_timestep`` (B, D)
-`FluxTransformer2DModel`    ``input``, ``double.0`` .. ``double.{n-1}``,    image tokens (B, N, D) and text
-                            ``single.0`` .. ``single.{m-1}``, ``output``    tokens (B, L, D), ``temb`` (B, D),
-                                                                            the RoPE position ids (L + N, 3)
-==========================  ==============================================  ====================================
+| model | stages | what crosses a cut between blocks |
+|---|---|---|
+| `SD3Transformer2DModel` | ``input``, ``block.0`` .. ``block.{n-1}``, ``output`` | image tokens (B, N, D) *and* text tokens (B, L, D) (joint blocks update both), ``temb`` (B, D) |
+| `PixArtTransformer2DModel` | ``input``, ``block.0`` .. ``block.{n-1}``, ``output`` | image tokens (B, N, D); the text (B, L, D) is not updated per block (it can be recomputed from the prompt), its mask, ``temb`` (B, 6D) and ``embedded_timestep`` (B, D) |
+| `FluxTransformer2DModel` | ``input``, ``double.0`` .. ``double.{n-1}``, ``single.0`` .. ``single.{m-1}``, ``output`` | image tokens (B, N, D) and text tokens (B, L, D), ``temb`` (B, D), the RoPE position ids (L + N, 3) |
 
 ``input`` is the patch / context embedding and the time (+ pooled text, guidance, size) embedding;
 ``output`` the final norm, projection and (SD3, PixArt) unpatchify. Running stages ``[0, c)`` on one

@@ -4,16 +4,14 @@ The twin of `splitldm.pipeline.models.SPECS` (SD-1.5, SD-2.1, SDXL) for the tran
 cut tables (`splitldm profile`) and FLOP counts (`splitldm.analysis.costs.model_flops`) need. The
 dicts are the ``config.json`` files of the public diffusers repositories, written out (no download):
 
-=================  ========================================================  ===========  =============
-name               model                                                      image (px)   text tokens
-=================  ========================================================  ===========  =============
-``sd3``            Stable Diffusion 3 medium: 24 joint blocks, 2.0 B          1024         77 CLIP + 256 T5
-``sd35-large``     Stable Diffusion 3.5 large: 38 joint blocks (QK-norm)      1024         77 CLIP + 256 T5
-``pixart``         PixArt-alpha XL-2 1024-MS: 28 blocks, 0.6 B                1024         120 T5
-``pixart-sigma``   PixArt-sigma XL-2 1024-MS                                  1024         300 T5
-``flux``           FLUX.1-dev: 19 double + 38 single blocks, 11.9 B           1024         512 T5 (+ pooled CLIP)
-``flux-schnell``   FLUX.1-schnell (no guidance embedding)                     1024         256 T5 (+ pooled CLIP)
-=================  ========================================================  ===========  =============
+| name | model | image (px) | text tokens |
+|---|---|---|---|
+| ``sd3`` | Stable Diffusion 3 medium: 24 joint blocks, 2.0 B | 1024 | 77 CLIP + 256 T5 |
+| ``sd35-large`` | Stable Diffusion 3.5 large: 38 joint blocks (QK-norm) | 1024 | 77 CLIP + 256 T5 |
+| ``pixart`` | PixArt-alpha XL-2 1024-MS: 28 blocks, 0.6 B | 1024 | 120 T5 |
+| ``pixart-sigma`` | PixArt-sigma XL-2 1024-MS | 1024 | 300 T5 |
+| ``flux`` | FLUX.1-dev: 19 double + 38 single blocks, 11.9 B | 1024 | 512 T5 (+ pooled CLIP) |
+| ``flux-schnell`` | FLUX.1-schnell (no guidance embedding) | 1024 | 256 T5 (+ pooled CLIP) |
 """
 
 from __future__ import annotations

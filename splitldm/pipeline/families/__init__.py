@@ -9,15 +9,13 @@ recomputes (``derived``: SDXL's ``add_time_ids``, Flux's RoPE ids and guidance v
 denoiser is called and guided (``model_kwargs`` / ``guide`` / ``predict``), the scheduler step
 (``step``) and decoding (``decode``: PixArt's resolution binning, SD3/Flux's shift factor).
 
-=====================  ===============================================  ==========  ======================
-family (``name``)      pipeline classes                                 denoiser    schedulers tested
-=====================  ===============================================  ==========  ======================
-``sd``                 StableDiffusionPipeline                          UNet        models.SCHEDULERS
-``sdxl``               StableDiffusionXLPipeline                        UNet        models.SCHEDULERS
-``sd3``                StableDiffusion3Pipeline                         MMDiT       models.FLOW_SCHEDULERS
-``pixart``             PixArtAlphaPipeline, PixArtSigmaPipeline         DiT         models.SCHEDULERS
-``flux``               FluxPipeline                                     MMDiT       models.FLOW_SCHEDULERS
-=====================  ===============================================  ==========  ======================
+| family (``name``) | pipeline classes | denoiser | schedulers tested |
+|---|---|---|---|
+| ``sd`` | StableDiffusionPipeline | UNet | models.SCHEDULERS |
+| ``sdxl`` | StableDiffusionXLPipeline | UNet | models.SCHEDULERS |
+| ``sd3`` | StableDiffusion3Pipeline | MMDiT | models.FLOW_SCHEDULERS |
+| ``pixart`` | PixArtAlphaPipeline, PixArtSigmaPipeline | DiT | models.SCHEDULERS |
+| ``flux`` | FluxPipeline | MMDiT | models.FLOW_SCHEDULERS |
 
 Adding a family
 ---------------

@@ -1,16 +1,14 @@
 """The gymnasium registrations of every splitldm environment (the single place they happen) and
 `make_env`, which builds one from a run config's ``env`` block.
 
-=================================  ========================================  =========================
-id                                 entry point                               fixed kwargs
-=================================  ========================================  =========================
-``splitldm/MEGRates-v0``           `splitldm.rl.envs.meg.MEGRates`
-``splitldm/MEGRatesFlat-v0``       `splitldm.rl.envs.meg.MEGRates`           ``flat=True``
-``splitldm/SeedPower-v0``          `splitldm.rl.envs.meg.SeedPower`
-``splitldm/ChainPlacement-v0``     `splitldm.rl.envs.placement.ChainPlacement`
-``splitldm/ModelCaching-v0``       `splitldm.rl.envs.caching.ModelCaching`
-``splitldm/ResourceAllocation-v0`` `splitldm.rl.envs.caching.ResourceAllocation`
-=================================  ========================================  =========================
+| id | entry point | fixed kwargs |
+|---|---|---|
+| ``splitldm/MEGRates-v0`` | `splitldm.rl.envs.meg.MEGRates` | |
+| ``splitldm/MEGRatesFlat-v0`` | `splitldm.rl.envs.meg.MEGRates` | ``flat=True`` |
+| ``splitldm/SeedPower-v0`` | `splitldm.rl.envs.meg.SeedPower` | |
+| ``splitldm/ChainPlacement-v0`` | `splitldm.rl.envs.placement.ChainPlacement` | |
+| ``splitldm/ModelCaching-v0`` | `splitldm.rl.envs.caching.ModelCaching` | |
+| ``splitldm/ResourceAllocation-v0`` | `splitldm.rl.envs.caching.ResourceAllocation` | |
 
 Entry points are strings, so registering imports no environment module; `register_envs` runs once
 when `splitldm.rl.envs` is first imported and is idempotent.
