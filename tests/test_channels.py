@@ -10,6 +10,7 @@ from splitldm.analysis.limits import CHANNELS, lmmse_weight
 from splitldm.link.channels import (AWGN, CSI_MODES, SNR_DB_RANGE, ChannelState, MixedBlockChannel, RayleighBlockFading,
                                     RayleighFastFading, check_snr_db, complex_to_real, make_channel, normalize_power,
                                     real_to_complex, resolve_snr_db)
+from splitldm.link.channels import block_sizes
 from splitldm.link.stack import Link, LinkContext
 from splitldm.link.payload import Payload
 
@@ -360,3 +361,79 @@ def test_analog_mode_is_analog_link_with_counted_side_information():
     a = Link([ch])(p, generator=gen(44)).tensors["latents"]
     b = Link([AnalogLink(), ch])(p, generator=gen(44)).tensors["latents"]
     assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ per-block fading and transmit power
+def test_block_sizes_are_contiguous_and_even():
+    assert block_sizes(32, 8) == [4] * 8
+    assert block_sizes(10, 4) == [3, 3, 2, 2]  # the first n mod M blocks one symbol longer
+    assert block_sizes(5, 5) == [1] * 5 and sum(block_sizes(1001, 7)) == 1001
+    with pytest.raises(ValueError, match="blocks"):
+        block_sizes(3, 4)
+    with pytest.raises(ValueError, match="blocks"):
+        block_sizes(8, 0)
+
+
+def test_blocks_one_gain_per_block_and_blocks_1_is_the_old_channel():
+    z = unit_symbols(3, 10)
+    _, state = RayleighBlockFading(5.0, blocks=4)(z, generator=gen(2), return_state=True)
+    assert state.h.shape == (3, 4)
+    # the same realisation through the per-symbol path: gains repeated over blocks of 3, 3, 2, 2 symbols
+    per_symbol = state.h.repeat_interleave(torch.tensor([3, 3, 2, 2]), dim=1)
+    noise_free = RayleighBlockFading(40.0, blocks=4).apply(z, ChannelState(state.snr_db, state.n0 * 0, state.h), gen(0))
+    assert torch.equal(noise_free, z * per_symbol)
+    # blocks=1 draws exactly what the default (one gain per sample) draws, in a Link as well
+    p = Payload({"x": z}, primary=("x",))
+    a, ca = Link([RayleighBlockFading(5.0)]).send_half(p, gen(3))
+    b, cb = Link([RayleighBlockFading(5.0, blocks=1)]).send_half(p, gen(3))
+    assert torch.equal(a.tensors["x"], b.tensors["x"]) and torch.equal(ca.h, cb.h)
+
+
+def test_block_power_scales_each_block_and_the_receiver_sees_effective_gains():
+    """Same generator: the powered channel draws the same gains and noise; block m's received signal is
+    ``sqrt(p_m) h_m z`` (noise-free energy ratio exactly p_m) and the published CSI is ``sqrt(p_m) h_m``."""
+    z = unit_symbols(2, 32)
+    p = [2.0, 0.0, 1.5, 0.5, 1.0, 1.25, 0.75, 1.0]
+    payload = Payload({"x": z}, primary=("x",))
+    eq, ceq = Link([RayleighBlockFading(5.0, blocks=8)]).send_half(payload, gen(11))
+    pw, cpw = Link([RayleighBlockFading(5.0, blocks=8, power=p)]).send_half(payload, gen(11))
+    sq = torch.tensor(p).sqrt()
+    assert torch.allclose(cpw.h, ceq.h * sq, rtol=0, atol=1e-6)
+    signal_eq = ceq.h.repeat_interleave(4, dim=1) * z
+    signal_pw = cpw.h.repeat_interleave(4, dim=1) * z
+    noise = eq.tensors["x"] - signal_eq
+    assert torch.allclose(pw.tensors["x"] - signal_pw, noise, atol=1e-5)  # the same noise draw
+    ratio = signal_pw.abs().square().reshape(2, 8, 4).sum(-1) / signal_eq.abs().square().reshape(2, 8, 4).sum(-1)
+    assert torch.allclose(ratio, torch.tensor(p).expand(2, 8), rtol=1e-5, atol=1e-6)
+    # the receiver needs no p: a channel built without power equalises the powered output with the
+    # published effective gains exactly as the sender's own channel does
+    rx = Link([RayleighBlockFading(5.0, blocks=8)]).receive_half(pw, cpw)
+    assert torch.equal(rx.tensors["x"], Link([RayleighBlockFading(5.0, blocks=8, power=p)]).receive_half(pw, cpw).tensors["x"])
+    # per-sample powers (B, M)
+    per = torch.tensor([p, [1.0] * 8])
+    _, c2 = Link([RayleighBlockFading(5.0, blocks=8, power=per)]).send_half(payload, gen(11))
+    assert torch.equal(c2.h[1], ceq.h[1]) and torch.allclose(c2.h[0], cpw.h[0], atol=0)
+
+
+def test_block_power_bad_inputs():
+    with pytest.raises(ValueError, match="blocks"):
+        RayleighBlockFading(5.0, blocks=0)
+    with pytest.raises(ValueError, match="blocks"):
+        RayleighBlockFading(5.0, blocks=2, coherence_symbols=4)
+    with pytest.raises(ValueError, match="power"):
+        RayleighBlockFading(5.0, power=[1.0, 1.0])  # no blocks
+    with pytest.raises(ValueError, match="power"):
+        RayleighBlockFading(5.0, blocks=2, power=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="power"):
+        RayleighBlockFading(5.0, blocks=2, power=[1.5, 1.0])  # mean 1.25: more than the budget
+    with pytest.raises(ValueError, match="power"):
+        RayleighBlockFading(5.0, blocks=2, power=[2.5, -0.5])
+    with pytest.raises(ValueError, match="power"):
+        RayleighBlockFading(5.0, blocks=2, power=[float("nan"), 1.0])
+    with pytest.raises(TypeError, match="power"):
+        RayleighBlockFading(5.0, blocks=2, power="1,1")
+    with pytest.raises(ValueError, match="power"):  # per-sample powers for another batch
+        RayleighBlockFading(5.0, blocks=2, power=torch.ones(3, 2))(unit_symbols(2, 4), generator=gen(0))
+    with pytest.raises(ValueError, match="blocks"):  # fewer symbols than blocks
+        RayleighBlockFading(5.0, blocks=8)(unit_symbols(2, 4), generator=gen(0))
+    assert make_channel("rayleigh", blocks=8, power=[1.0] * 8).note()["blocks"] == 8

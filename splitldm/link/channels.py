@@ -8,7 +8,9 @@ Conventions (see docs/sections/channels.md):
 * ``SNR = 1 / N0`` per complex symbol, in dB per sample. Noise ``n ~ CN(0, N0)``: variance ``N0/2``
   per real and per imaginary part (the usual 3.01 dB bug adds ``N0/2`` to *real* symbols).
 * Rayleigh fading ``h ~ CN(0, 1)`` (``E|h|^2 = 1``); ``y = h z + n``. Block fading draws one ``h``
-  per sample (or per coherence block of ``coherence_symbols`` symbols); fast fading one per symbol.
+  per sample (or per coherence block of ``coherence_symbols`` symbols, or one per each of ``blocks``
+  contiguous blocks of a sample, optionally with a per-block transmit ``power`` of mean 1); fast
+  fading one per symbol.
 * Receiver CSI modes: ``"none"`` (``y`` as is), ``"phase"`` (``y conj(h)/|h|``), ``"zf"``
   (``y conj(h) / max(|h|^2, zf_min_gain^2)``: zero forcing with deep fades clamped), ``"mmse"``
   (``conj(h) y / (|h|^2 + N0)``).
@@ -55,6 +57,7 @@ __all__ = [
     "RayleighFastFading",
     "MixedBlockChannel",
     "make_channel",
+    "block_sizes",
     "check_snr_db",
     "real_to_complex",
     "complex_to_real",
@@ -273,10 +276,14 @@ class Channel(LinkStage):
         z_hat = self.equalize(self.apply(z, state, generator), state)
         return (z_hat, state) if return_state else z_hat
 
-    @staticmethod
-    def _gains_for(h: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    def _fits(self, h: torch.Tensor, num_symbols: int) -> bool:
+        """Whether gains ``h`` ``(B, g)`` describe ``num_symbols`` symbols per sample: one gain per sample,
+        one per symbol (or, for a channel with ``blocks``, one per block)."""
+        return h.shape[1] in (1, num_symbols)
+
+    def _gains_for(self, h: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         h = h.to(device=flat.device, dtype=flat.dtype)
-        if h.shape[1] not in (1, flat.shape[1]) or h.shape[0] != flat.shape[0]:
+        if not self._fits(h, flat.shape[1]) or h.shape[0] != flat.shape[0]:
             raise ValueError(f"h: gains of shape {tuple(h.shape)} do not fit symbols {tuple(flat.shape)}")
         return h
 
@@ -338,7 +345,7 @@ class Channel(LinkStage):
         sizes = [f.shape[1] for f in flats]
         stream = torch.cat(flats, dim=1) if len(flats) > 1 else flats[0]
         h = context.h
-        if h is None or h.shape[1] not in (1, stream.shape[1]):
+        if h is None or not self._fits(h, stream.shape[1]):
             h = self.draw_gains(stream.shape[0], stream.shape[1], generator, stream.dtype, stream.device)
             if h is not None:
                 context.h = h
@@ -402,6 +409,18 @@ class RayleighBlockFading(Channel):
         coherence_symbols: ``None`` (default): one ``h`` per sample (published in ``prepare`` as
             ``context.h`` ``(B, 1)``, so a transmitter can use it); an int ``L``: one ``h`` per
             consecutive run of ``L`` symbols of a sample (drawn in ``send``, ``context.h`` ``(B, n)``).
+        blocks: ``None`` (default), or an int ``M >= 1``: each sample's ``n`` symbols are spread over
+            ``M`` contiguous fading blocks of `block_sizes` ``(n, M)`` symbols (as even as possible: the
+            first ``n mod M`` blocks hold one symbol more), each with its own ``h_m ~ CN(0, 1)``, drawn in
+            ``prepare`` and published as ``context.h`` ``(B, M)`` (``n >= M`` is required). Not with
+            ``coherence_symbols``. ``blocks=1`` draws exactly what ``blocks=None`` draws.
+        power: ``None`` (default: equal power), or the per-block transmit power ``p_m`` (needs
+            ``blocks``): ``M`` numbers, or a ``(M,)`` / ``(B, M)`` tensor, each ``>= 0`` and finite, with
+            mean 1 per sample (``|mean - 1| <= 1e-5``: the total power budget is fixed). Block ``m``'s
+            symbols are sent as ``sqrt(p_m) z``, so ``y_m = h_m sqrt(p_m) z + n`` (block SNR
+            ``p_m |h_m|^2 SNR``). The gains published in ``context.h`` (and the ones the receiver
+            equalises with) are the effective gains ``sqrt(p_m) h_m``: what a receiver estimates from
+            pilots sent at the block's power, so the receiver never needs ``p`` itself.
 
     The other arguments are `Channel`'s; ``csi`` defaults to ``"mmse"``.
     """
@@ -409,14 +428,33 @@ class RayleighBlockFading(Channel):
     fading = "rayleigh-block"
 
     def __init__(self, snr_db: SnrSpec | None = None, csi: str = "mmse", coherence_symbols: int | None = None,
-                 zf_min_gain: float = 0.1, seed: int = 0):
+                 zf_min_gain: float = 0.1, seed: int = 0, blocks: int | None = None,
+                 power: Sequence[float] | torch.Tensor | None = None):
         super().__init__(snr_db, csi, zf_min_gain, seed)
         if coherence_symbols is not None and (isinstance(coherence_symbols, bool) or not isinstance(coherence_symbols, int)
                                               or coherence_symbols < 1):
             raise ValueError(f"coherence_symbols: expected None or an int >= 1, got {coherence_symbols!r}")
+        if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
+            raise ValueError(f"blocks: expected None or an int >= 1, got {blocks!r}")
+        if blocks is not None and coherence_symbols is not None:
+            raise ValueError("blocks: give either blocks (M per sample) or coherence_symbols (L per block), not both")
         self.coherence_symbols = coherence_symbols
+        self.blocks = blocks
+        self.power = None if power is None else _check_power(power, blocks)
+
+    def _with_power(self, h: torch.Tensor) -> torch.Tensor:
+        """Block gains ``(B, M)`` -> effective gains ``sqrt(p_m) h_m`` (unchanged without ``power``)."""
+        if self.power is None:
+            return h
+        p = self.power.to(device=h.device)
+        if p.dim() == 2 and p.shape[0] != h.shape[0]:
+            raise ValueError(f"power: per-sample powers for {p.shape[0]} samples, the batch has {h.shape[0]}")
+        return h * torch.sqrt(p).to(h.real.dtype)
 
     def draw_gains(self, batch, num_symbols, generator, dtype=torch.complex64, device=None):
+        if self.blocks is not None:
+            block_sizes(num_symbols, self.blocks)  # n >= M
+            return self._with_power(complex_normal((batch, self.blocks), generator, dtype, device))
         if self.coherence_symbols is None:
             return complex_normal((batch, 1), generator, dtype, device)
         blocks = -(-num_symbols // self.coherence_symbols)
@@ -424,12 +462,61 @@ class RayleighBlockFading(Channel):
         return h.repeat_interleave(self.coherence_symbols, dim=1)[:, :num_symbols]
 
     def _gains_before_send(self, batch, generator, device):
+        if self.blocks is not None:
+            return self._with_power(complex_normal((batch, self.blocks), generator, torch.complex64, device))
         if self.coherence_symbols is None:
             return complex_normal((batch, 1), generator, torch.complex64, device)
         return None
 
+    def _fits(self, h, num_symbols):
+        return super()._fits(h, num_symbols) or (self.blocks is not None and h.shape[1] == self.blocks)
+
+    def _gains_for(self, h, flat):
+        n = flat.shape[1]
+        if self.blocks is not None and h.shape[1] == self.blocks and n not in (1, self.blocks):
+            sizes = torch.tensor(block_sizes(n, self.blocks), device=h.device)
+            h = h.repeat_interleave(sizes, dim=1)
+        return super()._gains_for(h, flat)
+
     def note(self):
-        return {**super().note(), "coherence_symbols": self.coherence_symbols}
+        out = {**super().note(), "coherence_symbols": self.coherence_symbols}
+        if self.blocks is not None:
+            out["blocks"] = self.blocks
+            out["power"] = None if self.power is None else self.power.tolist()
+        return out
+
+
+def block_sizes(num_symbols: int, blocks: int) -> list[int]:
+    """Symbols per fading block when ``num_symbols`` symbols are spread over ``blocks`` contiguous blocks:
+    as even as possible, the first ``num_symbols mod blocks`` blocks one symbol longer (sums to
+    ``num_symbols``). ``num_symbols >= blocks >= 1`` (a ValueError naming ``blocks`` otherwise)."""
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"blocks: expected an int >= 1, got {blocks!r}")
+    if isinstance(num_symbols, bool) or not isinstance(num_symbols, int) or num_symbols < blocks:
+        raise ValueError(f"blocks: {blocks} fading blocks need at least {blocks} symbols per sample, got {num_symbols!r}")
+    q, r = divmod(num_symbols, blocks)
+    return [q + 1] * r + [q] * (blocks - r)
+
+
+def _check_power(power, blocks: int | None) -> torch.Tensor:
+    """Validated per-block power: float32 ``(M,)`` or ``(B, M)``, >= 0, finite, mean 1 per sample."""
+    if blocks is None:
+        raise ValueError("power: a per-block power needs blocks=M (the number of fading blocks per sample)")
+    if isinstance(power, torch.Tensor):
+        if power.is_complex() or not power.is_floating_point() and power.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"power: expected a real tensor, got {power.dtype}")
+        p = power.detach().to(torch.float64).cpu()
+    elif isinstance(power, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in power):
+        p = torch.tensor([float(v) for v in power], dtype=torch.float64)
+    else:
+        raise TypeError(f"power: expected a sequence of numbers or a tensor, got {type(power).__name__}")
+    if p.dim() not in (1, 2) or p.shape[-1] != blocks or p.dim() == 2 and p.shape[0] < 1:
+        raise ValueError(f"power: expected ({blocks},) or (B, {blocks}) block powers, got shape {tuple(p.shape)}")
+    if not torch.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"power: block powers must be finite and >= 0, got {p.tolist()}")
+    if ((p.mean(-1) - 1).abs() > 1e-5).any():
+        raise ValueError(f"power: block powers must have mean 1 (fixed total power), got mean {p.mean(-1).tolist()}")
+    return p.to(torch.float32)
 
 
 class RayleighFastFading(Channel):
@@ -518,7 +605,8 @@ def make_channel(kind: str | Sequence[str], *, snr_db: SnrSpec | None = None, cs
       `MixedBlockChannel` (each sample faded with probability 1/2: the codec recipes' training channel).
 
     ``snr_db=None`` takes the SNR from ``context.snr_db`` in a `Link`. ``csi``, ``seed`` and ``kwargs``
-    (e.g. ``coherence_symbols``, ``zf_min_gain``, ``p_rayleigh``) go to the channel's constructor.
+    (e.g. ``coherence_symbols``, ``blocks``, ``power``, ``zf_min_gain``, ``p_rayleigh``) go to the
+    channel's constructor.
     """
     kinds = (kind,) if isinstance(kind, str) else tuple(kind) if isinstance(kind, (list, tuple)) else None
     if not kinds or any(k not in CHANNELS for k in kinds):

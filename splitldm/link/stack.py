@@ -48,8 +48,9 @@ class LinkContext(MutableMapping):
         n0: ``(B,)`` float32 noise power per complex symbol, ``10^(-snr_db/10)``. Written by
             ``Channel.prepare``; read by `channel_model` when no equaliser model was published.
         h: complex64 fading gains: ``(B, 1)`` (one per sample, written by
-            ``RayleighBlockFading.prepare`` so a CSI-aware transmitter can use it) or ``(B, n)`` (one per
-            symbol, written by ``Channel.send``). Read by `SeedCodec` (``condition="csi"``) and
+            ``RayleighBlockFading.prepare`` so a CSI-aware transmitter can use it), ``(B, M)`` (one per
+            fading block, ``RayleighBlockFading(blocks=M)``; with a per-block ``power`` the effective
+            gains ``sqrt(p_m) h_m``) or ``(B, n)`` (one per symbol, written by ``Channel.send``). Read by `SeedCodec` (``condition="csi"``) and
             ``Channel.receive``. ``None``: no fading (AWGN).
         channel_layout: ``[(tensor name, symbols per sample), ...]`` the channel sent, in order. Written
             by ``Channel.send``, read by ``Channel.receive``.
