@@ -14,7 +14,16 @@ with ``reference_steps`` (12) steps and an ideal link (the MEG-CVPO reward: ``-l
 the backbone's own 12-step output): latent MSE, and image PSNR (dB, images in [0, 1]).
 
 A quality function is any callable ``fn(steps, merge_ratio, snr_db, channel, prompt, seed) ->
-{"latent_mse": float, "psnr": float, ...}``; `pipeline_quality_fn` is the real one.
+{"latent_mse": float, "psnr": float, ...}``; `pipeline_quality_fn` is the real one. With ``draws=D >= 2``
+`build_quality_table` measures every noisy-channel cell under ``D`` independent channel realisations
+and calls ``fn(..., seed, draw=d)`` (``d = 0 .. D-1``; ``draw=0`` is the realisation a one-draw table
+uses), so the quality function must accept the ``draw`` keyword then.
+
+Statistics: each cell stores the mean over prompts x seeds (x draws) in ``metrics`` and the half-width
+of its 95 % confidence interval in ``half_widths`` (`splitldm.eval.stats`); ``meta["interval"]`` says
+how (``"nested-draws"``: prompts fixed, the channel random, Student-t with ``G (D - 1)`` degrees of
+freedom; ``"nested-prompts"``: Student-t over the ``G`` per-(prompt, seed) means). ``meta["provenance"]``
+holds `splitldm.eval.provenance.provenance` (versions, seeds, the full grid, the models).
 """
 
 from __future__ import annotations
@@ -29,11 +38,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["QualityTable", "build_quality_table", "pipeline_quality_fn", "CHANNELS", "FORMAT"]
+__all__ = ["QualityTable", "build_quality_table", "pipeline_quality_fn", "CHANNELS", "FORMAT", "INTERVALS",
+           "DRAW_SEED_STRIDE"]
 
 FORMAT = "splitldm.quality/1"
 CHANNELS = ("none", "awgn", "rayleigh")
 QualityFn = Callable[[int, float, float, str, str, int], Mapping[str, float]]
+#: ``interval=`` choices of `build_quality_table` ("auto": "draws" when ``draws >= 2``, else "prompts").
+INTERVALS = ("auto", "draws", "prompts")
+#: `pipeline_quality_fn`'s channel seed for draw ``d`` of generation seed ``s``: ``s + 1 + d * DRAW_SEED_STRIDE``.
+DRAW_SEED_STRIDE = 1_000_003
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +67,11 @@ def _axis(name: str, values, kind=float) -> list:
 class QualityTable:
     """Quality metrics on a grid ``channel x steps x merge_ratio x snr_db``.
 
-    ``metrics[name]``: array (C, S, R, Q) of the mean over prompts and seeds. For channel ``"none"``
-    (ideal digital link) the SNR axis does not matter and its rows are equal.
+    ``metrics[name]``: array (C, S, R, Q) of the mean over prompts and seeds (and channel draws). For
+    channel ``"none"`` (ideal digital link) the SNR axis does not matter and its rows are equal.
+    ``half_widths[name]`` (optional, same shape, same units): the half-width of each cell's 95 %
+    confidence interval; ``meta["interval"]`` names the method (see the module docstring). A table
+    without them (older files, hand-made tables) has ``half_widths == {}``.
     """
 
     steps: list[int]
@@ -63,6 +80,7 @@ class QualityTable:
     channels: list[str]
     metrics: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    half_widths: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         self.steps = _axis("steps", self.steps, int)
@@ -81,6 +99,15 @@ class QualityTable:
             if v.shape != shape:
                 raise ValueError(f"metrics[{k!r}]: expected shape {shape}, got {v.shape}")
             self.metrics[k] = v
+        for k, v in list(self.half_widths.items()):
+            if k not in self.metrics:
+                raise ValueError(f"half_widths: {k!r} is not a metric of the table ({sorted(self.metrics)})")
+            v = np.asarray(v, dtype=float)
+            if v.shape != shape:
+                raise ValueError(f"half_widths[{k!r}]: expected shape {shape}, got {v.shape}")
+            if np.any(np.isnan(v)) or np.any(v < 0):
+                raise ValueError(f"half_widths[{k!r}]: half-widths must be >= 0 (no NaN)")
+            self.half_widths[k] = v
 
     # ------------------------------------------------------------------ lookup
     def value(self, metric: str, steps: float, merge_ratio: float, snr_db: float | None = None,
@@ -114,13 +141,16 @@ class QualityTable:
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": FORMAT,
             "axes": {"channel": self.channels, "steps": self.steps, "merge_ratio": self.merge_ratios,
                      "snr_db": self.snr_db},
             "metrics": {k: v.tolist() for k, v in self.metrics.items()},
             "meta": self.meta,
         }
+        if self.half_widths:
+            out["ci_half_width"] = {k: v.tolist() for k, v in self.half_widths.items()}
+        return out
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -135,7 +165,8 @@ class QualityTable:
         try:
             axes = d["axes"]
             return cls(steps=axes["steps"], merge_ratios=axes["merge_ratio"], snr_db=axes["snr_db"],
-                       channels=list(axes["channel"]), metrics=dict(d["metrics"]), meta=dict(d.get("meta", {})))
+                       channels=list(axes["channel"]), metrics=dict(d["metrics"]), meta=dict(d.get("meta", {})),
+                       half_widths=dict(d.get("ci_half_width", {})))
         except KeyError as exc:
             raise ValueError(f"table: missing key {exc}") from exc
 
@@ -168,18 +199,47 @@ def _interp3(grid: np.ndarray, axes, point) -> float:
     return out
 
 
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def build_quality_table(quality_fn: QualityFn, steps: Sequence[int], merge_ratios: Sequence[float],
                         snr_db: Sequence[float], channels: Sequence[str] = ("none",),
                         prompts: Sequence[str] = ("a red circle",), seeds: Sequence[int] = (0,),
                         meta: Mapping[str, Any] | None = None,
-                        progress: bool | Callable[[str], None] | None = None) -> QualityTable:
-    """Measure ``quality_fn`` on the grid and average over ``prompts`` x ``seeds``.
+                        progress: bool | Callable[[str], None] | None = None, draws: int = 1,
+                        interval: str = "auto", level: float = 0.95,
+                        models: Sequence[str] = ()) -> QualityTable:
+    """Measure ``quality_fn`` on the grid and average over ``prompts`` x ``seeds`` (x ``draws``).
 
-    For channel ``"none"`` each (steps, ratio) cell is measured once and copied along the SNR axis.
+    For channel ``"none"`` each (steps, ratio) cell is measured once and copied along the SNR axis;
+    it has no channel randomness, so it is measured with one draw whatever ``draws`` is. Each noisy
+    cell is measured ``draws`` times per (prompt, seed), ``quality_fn(..., seed, draw=d)`` (the keyword
+    is passed only when ``draws >= 2``, so a six-argument function still builds a one-draw table).
+
+    Every cell also gets the half-width of its ``level`` confidence interval per metric
+    (`QualityTable.half_widths`), from the ``[G, D]`` table of its values (``G = len(prompts) *
+    len(seeds)``, ``D`` draws): ``interval="draws"`` is `splitldm.eval.stats.nested_interval` over the
+    draws (prompts fixed; needs ``draws >= 2``; the deterministic ``"none"`` cells get 0),
+    ``"prompts"`` the Student-t interval of the ``G`` per-(prompt, seed) means (0 when ``G == 1``);
+    ``"auto"`` picks "draws" when ``draws >= 2``. ``meta["interval"]`` records the method, level,
+    draws and samples per cell; ``meta["provenance"]`` the `splitldm.eval.provenance.provenance`
+    block (``models``: zoo names behind ``quality_fn``, hashed there).
+
     Each measured cell is logged (this module's `logging` logger, INFO). ``progress=True`` shows a
     tqdm bar over the cells (on stderr); a callable receives each cell's line too (e.g. ``print``).
+
+    Raises:
+        ValueError: an empty or unsorted grid, no prompts or seeds, ``draws`` not an int >= 1,
+            ``interval`` not in `INTERVALS` (or "draws" with one draw), ``level`` outside (0, 1).
+        TypeError: ``quality_fn`` is not callable.
     """
     from tqdm.auto import tqdm
+
+    from splitldm.eval.provenance import provenance
+    from splitldm.eval.stats import _check_level, nested_interval, t_interval
 
     steps_ = _axis("steps", steps, int)
     ratios = _axis("merge_ratios", merge_ratios)
@@ -192,7 +252,15 @@ def build_quality_table(quality_fn: QualityFn, steps: Sequence[int], merge_ratio
         raise ValueError("seeds: expected at least one seed")
     if not callable(quality_fn):
         raise TypeError("quality_fn: expected a callable")
+    draws = _count("draws", draws, 1)
+    if interval not in INTERVALS:
+        raise ValueError(f"interval: expected one of {INTERVALS}, got {interval!r}")
+    if interval == "draws" and draws < 2:
+        raise ValueError(f"interval: 'draws' needs draws >= 2, got draws={draws}")
+    level = _check_level(level)
+    over = ("draws" if draws >= 2 else "prompts") if interval == "auto" else interval
     metrics: dict[str, np.ndarray] = {}
+    half: dict[str, np.ndarray] = {}
     shape = (len(channels), len(steps_), len(ratios), len(snrs))
     t0 = time.time()
     bar = tqdm(total=len(channels) * len(steps_) * len(ratios) * len(snrs), desc="quality table", unit="cell",
@@ -205,22 +273,51 @@ def build_quality_table(quality_fn: QualityFn, steps: Sequence[int], merge_ratio
                     if ch == "none" and qi > 0:
                         for k in metrics:
                             metrics[k][ci, si, ri, qi] = metrics[k][ci, si, ri, 0]
+                            half[k][ci, si, ri, qi] = half[k][ci, si, ri, 0]
                         continue
-                    acc: dict[str, list[float]] = {}
+                    d_cell = 1 if ch == "none" else draws
+                    acc: dict[str, list[list[float]]] = {}  # metric -> [G][D]
                     for p in prompts:
                         for s in seeds:
-                            for k, v in quality_fn(n, r, q, ch, p, int(s)).items():
-                                acc.setdefault(k, []).append(float(v))
+                            rows: dict[str, list[float]] = {}
+                            for d in range(d_cell):
+                                got = (quality_fn(n, r, q, ch, p, int(s)) if draws == 1
+                                       else quality_fn(n, r, q, ch, p, int(s), draw=d))
+                                for k, v in got.items():
+                                    rows.setdefault(k, []).append(float(v))
+                            for k, v in rows.items():
+                                acc.setdefault(k, []).append(v)
                     for k, vs in acc.items():
-                        metrics.setdefault(k, np.full(shape, np.nan))[ci, si, ri, qi] = float(np.mean(vs))
-                    line = f"{ch} steps={n} r={r} snr={q}: " + ", ".join(f"{k}={np.mean(v):.4g}" for k, v in acc.items())
+                        x = np.asarray(vs, dtype=float)  # (G, d_cell)
+                        metrics.setdefault(k, np.full(shape, np.nan))[ci, si, ri, qi] = float(x.mean())
+                        if over == "draws":
+                            hw = nested_interval(x, level, "draws").half_width if d_cell >= 2 else 0.0
+                        else:
+                            hw = t_interval(x.mean(axis=1), level).half_width
+                        half.setdefault(k, np.full(shape, np.nan))[ci, si, ri, qi] = hw
+                    line = f"{ch} steps={n} r={r} snr={q}: " + ", ".join(
+                        f"{k}={np.mean(v):.4g} +- {half[k][ci, si, ri, qi]:.2g}" for k, v in acc.items())
                     logger.info(line)
                     if callable(progress):
                         progress(line)
     bar.close()
     info = dict(meta or {})
+    g = len(prompts) * len(seeds)
     info.update(prompts=list(prompts), seeds=[int(s) for s in seeds], seconds=round(time.time() - t0, 1))
-    return QualityTable(steps_, ratios, snrs, list(channels), metrics, info)
+    info["interval"] = {
+        "method": f"nested-{over}", "level": level, "draws": draws, "prompt_seed_pairs": g,
+        "samples_per_cell": {"noisy": g * draws, "none": g},
+        "what": ("Student-t over the channel draws, prompts fixed (stats.nested_interval(over='draws')); "
+                 "channel 'none' cells are deterministic: half-width 0") if over == "draws" else
+                ("Student-t over the per-(prompt, seed) means (stats.t_interval); half-width 0 with one "
+                 "(prompt, seed) pair"),
+    }
+    config = {"steps": steps_, "merge_ratios": ratios, "snr_db": snrs, "channels": list(channels),
+              "prompts": list(prompts), "seeds": [int(s) for s in seeds], "draws": draws, "interval": over,
+              "level": level, "meta": {k: v for k, v in (meta or {}).items()}}
+    info["provenance"] = provenance(config, {f"generation[{i}]": int(s) for i, s in enumerate(seeds)},
+                                    None, models)
+    return QualityTable(steps_, ratios, snrs, list(channels), metrics, info, half)
 
 
 def _analog_stage():
@@ -255,7 +352,8 @@ def pipeline_quality_fn(pipe, reference_steps: int = 12, guidance_scale: float =
     ``make_link(merge_ratio, snr_db, channel)``, the UE decodes with the VAE.
 
     Returns ``{"latent_mse", "psnr"}`` against the ``reference_steps`` generation of the same prompt
-    and seed over an ideal link (cached per prompt and seed).
+    and seed over an ideal link (cached per prompt and seed). ``fn(..., seed, draw=d)``: channel draw
+    ``d`` (link generator seeded ``seed + 1 + d * DRAW_SEED_STRIDE``; ``d = 0`` is the one-draw table's).
     """
     import torch
 
@@ -267,20 +365,22 @@ def pipeline_quality_fn(pipe, reference_steps: int = 12, guidance_scale: float =
         img = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return (img / 2 + 0.5).clamp(0, 1)
 
-    def run(steps, link, prompt, seed):
+    def run(steps, link, prompt, seed, draw=0):
         split = SplitPipeline(pipe, split_step=steps, link=link)
+        link_seed = seed + 1 + draw * DRAW_SEED_STRIDE
         out = split(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
-                    generator=torch.Generator().manual_seed(seed), link_generator=torch.Generator().manual_seed(seed + 1))
+                    generator=torch.Generator().manual_seed(seed), link_generator=torch.Generator().manual_seed(link_seed))
         return out.images.float()
 
     @torch.no_grad()
-    def fn(steps, merge_ratio, snr_db, channel, prompt, seed):
+    def fn(steps, merge_ratio, snr_db, channel, prompt, seed, draw: int = 0):
+        _count("draw", draw, 0)
         key = (prompt, seed)
         if key not in cache:
             ref = run(reference_steps, None, prompt, seed)
             cache[key] = (ref, images(ref))
         ref, ref_img = cache[key]
-        lat = run(int(steps), make_link(float(merge_ratio), float(snr_db), channel), prompt, seed)
+        lat = run(int(steps), make_link(float(merge_ratio), float(snr_db), channel), prompt, seed, int(draw))
         mse = float((lat - ref).square().mean())
         img_mse = float((images(lat) - ref_img).square().mean())
         return {"latent_mse": mse, "psnr": 10 * math.log10(1.0 / max(img_mse, 1e-12))}
