@@ -11,8 +11,9 @@ import torch
 from splitldm.analysis.limits import awgn_capacity, rayleigh_ergodic_capacity
 from splitldm.link.digital import DigitalConfig
 from splitldm.link.entropy_model import EntropyModel
-from splitldm.link.learned_separation import (LearnedSeparationLink, OperationalRD, best_learned_digital_config,
-                                              header_bits, ideal_separation, operational_rd)
+from splitldm.link.learned_separation import (EncodedLevels, LearnedSeparationLink, OperationalRD,
+                                              best_learned_digital_config, encode_levels, header_bits,
+                                              ideal_separation, operational_rd)
 from splitldm.link.payload import Payload
 from splitldm.link.stack import Link
 
@@ -54,6 +55,11 @@ def test_ideal_separation_uses_the_capacity_formulas():
         out = ideal_separation(rd, k, snr, "rayleigh", generator=torch.Generator().manual_seed(0), repeats=3)
         assert out["mse"] == rd.mean_mse(budget)
         assert rd.mse[:, 2].mean() <= out["mse_block_csit"] <= rd.mse[:, 0].mean()
+        draws = out["mse_block_csit_draws"]  # (repeats, N): each latent under each fade
+        assert draws.shape == (3, 2) and float(draws.mean()) == out["mse_block_csit"]
+        assert all(float(v) in rd.mse[i].tolist() for row in draws for i, v in enumerate(row))
+    with pytest.raises(ValueError, match="repeats"):
+        ideal_separation(rd, k, 0.0, "rayleigh", repeats=0)
     with pytest.raises(ValueError, match="channel_uses"):
         ideal_separation(rd, 0, 0.0)
 
@@ -115,3 +121,33 @@ def test_ldpc_link_round_trip_and_erasure():
         LearnedSeparationLink("x", cfg)
     with pytest.raises(TypeError, match="config"):
         LearnedSeparationLink(m, None)
+
+
+def test_one_encoding_shared_by_the_rd_table_and_the_link():
+    from splitldm.link.channels import AWGN
+
+    m = _model()
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    enc = encode_levels(m, x)
+    assert isinstance(enc, EncodedLevels) and enc.bits.shape == (4, 2) and enc.x_hat.shape == (2, 4, 4, 8, 8)
+    fresh, shared = operational_rd(m, x), operational_rd(m, x, encoded=enc)
+    for a, b in ((fresh.bits, shared.bits), (fresh.mse, shared.mse), (fresh.est_bits, shared.est_bits)):
+        assert torch.equal(a, b)
+    half = enc.subset(slice(2, None))
+    assert torch.equal(operational_rd(m, x[2:], encoded=half).mse, fresh.subset(slice(2, None)).mse)
+    cfg = DigitalConfig(1, 0.5, 4, 1024, num_components=1, crc=None)
+    payload = Payload(tensors={"latents": x[2:]}, primary=("latents",))
+    outs = [Link([LearnedSeparationLink(m, cfg, encoded=e), AWGN()])(
+        payload, generator=torch.Generator().manual_seed(0), context={"snr_db": 30.0}).tensors["latents"]
+        for e in (None, half)]
+    assert torch.equal(outs[0], outs[1])  # the same bits either way
+    with pytest.raises(ValueError, match="encoded: made for other latents"):
+        operational_rd(m, x[:2], encoded=half)
+    with pytest.raises(ValueError, match="encoded: made for other latents"):
+        Link([LearnedSeparationLink(m, cfg, encoded=half), AWGN()])(
+            Payload(tensors={"latents": x[:2]}, primary=("latents",)), generator=torch.Generator().manual_seed(0),
+            context={"snr_db": 30.0})
+    with pytest.raises(TypeError, match="encoded"):
+        LearnedSeparationLink(m, cfg, encoded="bits")
+    with pytest.raises(TypeError, match="index"):
+        enc.subset([0, 1])

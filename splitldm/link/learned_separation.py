@@ -39,7 +39,7 @@ from splitldm.link.payload import Payload
 from splitldm.link.stack import LinkStage
 
 __all__ = ["OperationalRD", "operational_rd", "header_bits", "ideal_separation", "best_learned_digital_config",
-           "LearnedSeparationLink"]
+           "LearnedSeparationLink", "EncodedLevels", "encode_levels"]
 
 _META_KEY = "learned_separation"
 
@@ -93,34 +93,74 @@ def _mean_latent(model: EntropyModel, like: torch.Tensor) -> torch.Tensor:
     return model.norm_mean.to(like)[None, :, None, None].expand_as(like)
 
 
-@torch.no_grad()
-def _encode_all(model: EntropyModel, x: torch.Tensor):
-    """For each level: (bitstreams, bits (N,), x_hat (N, C, h, w), estimated bits (N,) float64)."""
-    hb = header_bits(model.num_levels)
-    out = []
-    for lv in range(model.num_levels):
-        data, q, est = model.compress(x, lv)
-        bits = torch.tensor([hb + bit_length(d) for d in data], dtype=torch.int64)
-        out.append((data, bits, model.synthesise(q, lv), hb + est))
-    return out
+@dataclass
+class EncodedLevels:
+    """Every level of an `EntropyModel` really encoded, for ``N`` latents (`encode_levels`), so that
+    `operational_rd` and `LearnedSeparationLink` (one per SNR and fold in a benchmark) share one encoding.
+
+    Attributes:
+        latents: (N, C, h, w) float32, what was encoded (a stage checks it is sent these).
+        data: ``data[l][i]``: bitstream (bytes) of latent ``i`` at level ``l``.
+        bits: (N, L) int64, header + bitstream bits.
+        x_hat: (L, N, C, h, w) float32, the decoded latents.
+        est_bits: (N, L) float64, header + the rate estimate.
+    """
+
+    latents: torch.Tensor
+    data: list
+    bits: torch.Tensor
+    x_hat: torch.Tensor
+    est_bits: torch.Tensor
+
+    def subset(self, index: slice) -> "EncodedLevels":
+        """The latents ``index`` (a slice) of this encoding."""
+        if not isinstance(index, slice):
+            raise TypeError(f"index: expected a slice, got {type(index).__name__}")
+        return EncodedLevels(self.latents[index], [d[index] for d in self.data], self.bits[index],
+                             self.x_hat[:, index], self.est_bits[index])
+
+    def check(self, x: torch.Tensor) -> None:
+        """ValueError unless ``x`` (N, C, h, w) equals the encoded latents."""
+        if tuple(x.shape) != tuple(self.latents.shape) or not torch.equal(x.float(), self.latents):
+            raise ValueError(f"encoded: made for other latents (shape {tuple(self.latents.shape)}); "
+                             f"got {tuple(x.shape)} that differ")
 
 
 @torch.no_grad()
-def operational_rd(model: EntropyModel, latents: torch.Tensor) -> OperationalRD:
-    """`OperationalRD` of ``model`` on ``latents`` (N, C, h, w): every level really encoded."""
+def encode_levels(model: EntropyModel, latents: torch.Tensor) -> EncodedLevels:
+    """`EncodedLevels` of ``latents`` (N, C, h, w) at every level of ``model`` (range-coded, exact)."""
+    if not isinstance(model, EntropyModel):
+        raise TypeError(f"model: expected an EntropyModel, got {type(model).__name__}")
     model._check_x(latents)
     x = latents.float()
+    hb = header_bits(model.num_levels)
+    data, bits, x_hat, est = [], [], [], []
+    for lv in range(model.num_levels):
+        d, q, e = model.compress(x, lv)
+        data.append(list(d))
+        bits.append(torch.tensor([hb + bit_length(b) for b in d], dtype=torch.int64))
+        x_hat.append(model.synthesise(q, lv))
+        est.append((hb + e).double())
+    return EncodedLevels(x.clone(), data, torch.stack(bits, 1), torch.stack(x_hat), torch.stack(est, 1))
+
+
+@torch.no_grad()
+def operational_rd(model: EntropyModel, latents: torch.Tensor, encoded: EncodedLevels | None = None) -> OperationalRD:
+    """`OperationalRD` of ``model`` on ``latents`` (N, C, h, w): every level really encoded (or taken
+    from ``encoded``, `encode_levels` of the same latents)."""
+    model._check_x(latents)
+    x = latents.float()
+    if encoded is None:
+        encoded = encode_levels(model, x)
+    else:
+        encoded.check(x)
     mse = [(_mean_latent(model, x) - x).pow(2).flatten(1).mean(1).double()]
-    bits, est = [], []
-    for _, b, x_hat, e in _encode_all(model, x):
-        bits.append(b)
-        est.append(e)
-        mse.append((x_hat - x).pow(2).flatten(1).mean(1).double())
-    return OperationalRD(torch.stack(bits, 1), torch.stack(mse, 1), torch.stack(est, 1))
+    mse += [(x_hat - x).pow(2).flatten(1).mean(1).double() for x_hat in encoded.x_hat]
+    return OperationalRD(encoded.bits.clone(), torch.stack(mse, 1), encoded.est_bits.clone())
 
 
 def ideal_separation(rd: OperationalRD, channel_uses: int, snr_db: float, channel: str = "awgn",
-                     generator: torch.Generator | None = None, repeats: int = 1) -> dict[str, float]:
+                     generator: torch.Generator | None = None, repeats: int = 1) -> dict[str, Any]:
     """MSE per value of the compressor over an ideal capacity-achieving code of ``channel_uses`` uses.
 
     ``channel="awgn"``: ``{"mse"}`` with ``floor(k log2(1 + SNR))`` bits per latent (and, when ``rd``
@@ -128,7 +168,8 @@ def ideal_separation(rd: OperationalRD, channel_uses: int, snr_db: float, channe
     ``{"mse"}`` with the ergodic capacity (coding over many fades: optimistic for one fade per latent)
     and ``{"mse_block_csit"}``: one fade ``h ~ CN(0, 1)`` per latent (``repeats`` draws from
     ``generator``), ``floor(k log2(1 + |h|^2 SNR))`` bits, the rate adapted to the fade (CSI at both
-    ends, as the seed codec has).
+    ends, as the seed codec has), with ``{"mse_block_csit_draws"}``: (repeats, N) float64, each latent's
+    MSE per value under each fade draw (the mean over it is ``mse_block_csit``).
     """
     if isinstance(channel_uses, bool) or not isinstance(channel_uses, int) or channel_uses < 1:
         raise ValueError(f"channel_uses: expected an int >= 1, got {channel_uses!r}")
@@ -139,12 +180,15 @@ def ideal_separation(rd: OperationalRD, channel_uses: int, snr_db: float, channe
     if channel == "rayleigh":
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         n = rd.bits.shape[0]
-        total = 0.0
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+        draws = []
         for _ in range(repeats):
             h2 = complex_normal((n,), g, torch.complex64).abs().square().double().clamp_min(1e-30)
             c = np.asarray(awgn_capacity((float(snr_db) + 10 * torch.log10(h2)).numpy()))
-            total += rd.mean_mse(torch.from_numpy(np.floor(channel_uses * c + 1e-9)))
-        out["mse_block_csit"] = total / repeats
+            draws.append(rd.best_fit(torch.from_numpy(np.floor(channel_uses * c + 1e-9)))[1])
+        out["mse_block_csit_draws"] = torch.stack(draws)
+        out["mse_block_csit"] = float(out["mse_block_csit_draws"].mean())
     return out
 
 
@@ -196,9 +240,12 @@ class LearnedSeparationLink(LinkStage):
             ``bits_per_symbol``; ``crc`` None (the LDPC syndrome detects failures).
         num_codewords: codewords per latent (`budget_codes`' ``c``).
         num_iter: belief-propagation iterations.
+        encoded: optional `encode_levels` of the latents this stage will send (checked in ``send``;
+            saves encoding them again for every SNR).
     """
 
-    def __init__(self, model: EntropyModel, config: DigitalConfig, num_codewords: int = 1, num_iter: int = 20):
+    def __init__(self, model: EntropyModel, config: DigitalConfig, num_codewords: int = 1, num_iter: int = 20,
+                 encoded: EncodedLevels | None = None):
         super().__init__()
         if not isinstance(model, EntropyModel):
             raise TypeError(f"model: expected an EntropyModel, got {type(model).__name__}")
@@ -206,7 +253,10 @@ class LearnedSeparationLink(LinkStage):
             raise TypeError(f"config: expected a DigitalConfig, got {type(config).__name__}")
         if isinstance(num_codewords, bool) or not isinstance(num_codewords, int) or num_codewords < 1:
             raise ValueError(f"num_codewords: expected an int >= 1, got {num_codewords!r}")
+        if encoded is not None and not isinstance(encoded, EncodedLevels):
+            raise TypeError(f"encoded: expected EncodedLevels or None, got {type(encoded).__name__}")
         self.model, self.config, self.num_codewords, self.num_iter = model.eval(), config, num_codewords, num_iter
+        self.encoded = encoded
 
     @property
     def info_bits(self) -> int:
@@ -225,16 +275,20 @@ class LearnedSeparationLink(LinkStage):
             x = tensors[name]
             self.model._check_x(x)
             xf = x.float()
-            coded = _encode_all(self.model, xf)
-            mse = torch.stack([(xh - xf).pow(2).flatten(1).mean(1) for _, _, xh, _ in coded], 1)  # (B, L)
-            fits = torch.stack([b for _, b, _, _ in coded], 1) <= self.info_bits
+            coded = self.encoded
+            if coded is None:
+                coded = encode_levels(self.model, xf)
+            else:
+                coded.check(xf)
+            mse = torch.stack([(xh - xf).pow(2).flatten(1).mean(1) for xh in coded.x_hat], 1)  # (B, L)
+            fits = coded.bits <= self.info_bits
             mse = torch.where(fits, mse, torch.full_like(mse, math.inf))
             base = (_mean_latent(self.model, xf) - xf).pow(2).flatten(1).mean(1)
             bits = []
             for i in range(x.shape[0]):
                 lv = int(mse[i].argmin())
                 use = bool(fits[i, lv]) and float(mse[i, lv]) < float(base[i])
-                bits.append(_bits_of(coded[lv][0][i] if use else b"", lv + 1 if use else 0, hb, self.info_bits))
+                bits.append(_bits_of(coded.data[lv][i] if use else b"", lv + 1 if use else 0, hb, self.info_bits))
             info = torch.stack(bits).to(x.device).reshape(x.shape[0], c, cfg.payload_bits)
             coder = _Coder.get(cfg, x.device, self.num_iter)
             tensors[name] = coder.encode(info).reshape(x.shape[0], -1).to(torch.complex64)
