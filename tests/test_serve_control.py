@@ -162,3 +162,103 @@ def test_served_request_with_controller_reports_its_choice_and_image():
     from splitldm.serve.policy import Choice
 
     assert issubclass(ControlledChoice, Choice)
+
+
+# ---------------------------------------------------------------------- per-block power, applied
+def _block_reference(pipe, codec, prompt, seed, link_seed, ratio, k, steps, snr_db, power):
+    stages = [sl.TokenMerge(ratio)] if ratio else []
+    link = Link(stages + [codec, sl.RayleighBlockFading(snr_db=snr_db, csi="mmse", blocks=8, power=power)])
+    return sl.SplitPipeline(pipe, split_step=k, link=link)(
+        prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+        link_generator=torch.Generator().manual_seed(link_seed), output_type="np").images
+
+
+def test_served_ppo_power_split_is_applied_per_block():
+    """A session of 8 fading blocks per image with the shipped PPO power policy: the UE reports its 8 block
+    gains, the ES applies the split (the frame's CSI is sqrt(p_m) h_m of the gains the link seed draws), and
+    the image is bit-identical to the in-process pipeline whose channel applies the same p; without a
+    report the same seeds give the equal-power image."""
+    import uvicorn
+
+    from splitldm.serve.app import EdgeService, ServeConfig, create_app
+    from splitldm.serve.client import RemoteEdge
+    from splitldm.serve.session import emulated_fading, fading_report
+
+    pipe, codec = sl.load_pipeline("tiny"), sl.SeedCodec.from_pretrained("seed-codec")
+    ctl = Controller(None, "ppo-power")
+    service = EdgeService(pipe, codec, ServeConfig(max_batch=1, blocks=8), policy=ctl)
+    hs = service.handshake
+    assert hs.channel == {"kind": "rayleigh", "csi": "mmse", "blocks": 8}
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    snr, seed, link_seed = 5.0, 3, 21
+    h = emulated_fading(hs, link_seed)[0]  # what the UE measures (the emulated channel draws these)
+    report = fading_report(h)  # [re_0, im_0, ...]; the ES reads |h_m|^2 = re^2 + im^2 (float64)
+    p, source = ctl.power_split(tuple(report[i] ** 2 + report[i + 1] ** 2 for i in range(0, 16, 2)))
+    assert source == "ppo" and len(p) == 8 and max(p) / min(p) > 1.5  # a real, unequal split
+    d = ctl.choose(Report(snr))
+    try:
+        with RemoteEdge(f"http://127.0.0.1:{port}", pipe, codec=codec) as edge:
+            out = edge.generate("a red circle", seed=seed, link_seed=link_seed, snr_db=snr, steps=4,
+                                fading=report, output_type="np")
+            choice = next(e for e in out.received.events if e["event"] == "accepted")["choice"]
+            assert choice["power_split"] == list(p) and choice["source"]["power"] == "ppo"
+            # the frame's emulated CSI: the effective gain of each block, sqrt(p_m) h_m
+            csi = out.received.context.h
+            assert csi.shape == (1, 8)
+            assert torch.equal(csi[0], h * torch.tensor(p, dtype=torch.float64).to(torch.float32).sqrt())
+            assert out.received.bits["side_info_bits"] == 32  # the split does not cross the air
+            ref = _block_reference(pipe, codec, "a red circle", seed, link_seed, d.merge_ratio, d.split_step,
+                                   d.num_steps, snr, p)
+            assert np.array_equal(out.images, ref)
+            # no report: equal power, the CSI is the drawn gains themselves, and another image
+            flat = edge.generate("a red circle", seed=seed, link_seed=link_seed, snr_db=snr, steps=4, output_type="np")
+            assert torch.equal(flat.received.context.h[0], h)
+            assert np.array_equal(flat.images, _block_reference(pipe, codec, "a red circle", seed, link_seed,
+                                                                d.merge_ratio, d.split_step, d.num_steps, snr, None))
+            assert not np.array_equal(flat.images, out.images)
+            stats = edge.ledger()
+            assert (stats["completed"], stats["errors"], stats["duplicated"]) == (2, 0, 0)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    # a split for another number of blocks than the session's is equal power, never misapplied
+    one = ServeConfig(max_batch=1)
+    from splitldm.serve.session import EdgeRequest, make_handshake
+
+    hs1 = make_handshake(pipe, codec, blocks=one.blocks)
+    req = EdgeRequest.from_dict({"request_id": 0, "session": hs1.session, "model": hs1.model, "prompts": ["a"],
+                                 "seed": 0, "link_seed": 0, "snr_db": snr, "steps": 4, "fading": report})
+    c = ctl(req, hs1)
+    assert (c.power_split, c.source["power"]) == ((1.0,), "equal")
+
+
+def test_ppo_split_lowers_the_latent_mse_at_the_served_snr():
+    """Measured: the ES latents of 16 prompts over 8 link seeds (128 images) through the served link at 5 dB
+    with 8 blocks, the PPO split vs equal power, same gains and noise: the split lowers the mean MSE of the
+    decoded latents by about 1 % (here 0.4629 vs 0.4689, lower on 75 % of the images; 0.4787 vs 0.4846
+    over 64 prompts x 16 seeds, docs/guides/serving.md)."""
+    from splitldm.serve.session import emulated_fading, make_handshake
+
+    pipe, codec = sl.load_pipeline("tiny"), sl.SeedCodec.from_pretrained("seed-codec").eval()
+    hs = make_handshake(pipe, codec, blocks=8)
+    ctl = Controller(None, "ppo-power")
+    prompts = ["a red circle", "a blue square", "a green triangle", "a yellow circle"] * 4
+    x = sl.SplitPipeline(pipe, split_step=2, link=Link()).edge(prompts, num_inference_steps=4,
+                                                               generator=torch.Generator().manual_seed(0))
+    mse = {"equal": [], "ppo": []}
+    for link_seed in range(8):
+        h = emulated_fading(hs, link_seed, images=len(prompts))
+        p = torch.tensor([ctl.power_split(tuple(float(g) for g in row))[0] for row in h.abs().square()])
+        for name, power in (("equal", None), ("ppo", p)):
+            link = Link([codec, sl.RayleighBlockFading(5.0, csi="mmse", blocks=8, power=power)])
+            y = link(x, generator=torch.Generator().manual_seed(link_seed))
+            mse[name].append((y.tensors["latents"] - x.tensors["latents"]).square().mean(dim=(1, 2, 3)))
+    equal, ppo = torch.cat(mse["equal"]), torch.cat(mse["ppo"])
+    assert ppo.mean().item() == pytest.approx(0.4629, abs=2e-4) and equal.mean().item() == pytest.approx(0.4689, abs=2e-4)
+    assert (ppo < equal).float().mean().item() == 0.75  # lower on 96 of the 128 images

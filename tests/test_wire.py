@@ -18,16 +18,18 @@ HS = Handshake(family="sd", model="0" * 16, latent_space="1" * 16, scheduler="DD
                condition="prompt", dtype="float32", codec={"class": "SeedCodec", "name": "seed-codec", "fingerprint": "3" * 16,
                                                           "rho": 0.125},
                merge={"ratios": [0.0, 0.25, 0.5, 0.75], "sx": 2, "sy": 2, "use_rand": False, "similarity": "euclidean",
-                      "patch": 1}, channel={"kind": "rayleigh", "csi": "mmse"})
+                      "patch": 1}, channel={"kind": "rayleigh", "csi": "mmse", "blocks": 1})
 LAYOUT = FrameLayout(images=2, symbols=16, index_bits=176 * 2, gains=1)
+#: a block-faded session: 8 fading blocks per image, 8 per-block gains per image in the frame's CSI
+LAYOUT8 = FrameLayout(images=2, symbols=16, index_bits=176 * 2, gains=8)
 
 
-def _frame(request_id=5, seed=HS.session_seed) -> bytes:
+def _frame(request_id=5, seed=HS.session_seed, layout=LAYOUT, header=None) -> bytes:
     g = torch.Generator().manual_seed(0)
     sym = torch.randn(2, 16, generator=g, dtype=torch.complex64)
-    index = torch.randint(0, 256, (LAYOUT.index_bytes,), generator=g, dtype=torch.uint8)
-    return encode_frame(FrameHeader(request_id, 3, 2), LAYOUT, seed, sym, torch.tensor([10.0, 10.0]),
-                        torch.randn(2, 1, generator=g, dtype=torch.complex64), index)
+    index = torch.randint(0, 256, (layout.index_bytes,), generator=g, dtype=torch.uint8)
+    return encode_frame(header or FrameHeader(request_id, 3, 2), layout, seed, sym, torch.tensor([10.0, 10.0]),
+                        torch.randn(2, layout.gains, generator=g, dtype=torch.complex64), index)
 
 
 def test_handshake_round_trip_and_session():
@@ -74,6 +76,39 @@ def test_air_check_catches_a_header_with_a_recomputed_frame_check():
 
 
 FRAME = _frame()
+FRAME8 = _frame(layout=LAYOUT8)
+
+
+def test_block_faded_frame_carries_m_gains_per_image_and_nothing_else():
+    assert len(FRAME8) == LAYOUT8.nbytes == len(FRAME) + 2 * 7 * 8  # 7 more complex64 gains per image
+    f = decode_frame(FRAME8, LAYOUT8, HS.session_seed, request_id=5)
+    assert f.gains.shape == (2, 8) and f.air_bits(LAYOUT8)["side_info_bits"] == SIDE_INFO_BITS == 32
+    with pytest.raises(WireError, match="length"):  # a UE expecting one gain per image refuses it
+        decode_frame(FRAME8, LAYOUT, HS.session_seed, request_id=5)
+    with pytest.raises(WireError, match="length"):
+        decode_frame(FRAME, LAYOUT8, HS.session_seed, request_id=5)
+    old = _frame(layout=LAYOUT8, header=FrameHeader(5, 3, 2, version=1))  # a version-1 ES's frame
+    with pytest.raises(WireError, match="version"):
+        decode_frame(old, LAYOUT8, HS.session_seed, request_id=5)
+
+
+def test_handshake_channel_blocks_is_checked():
+    hs8 = Handshake(**{**HS.to_dict(), "channel": {**HS.channel, "blocks": 8}})
+    assert Handshake.from_bytes(hs8.to_bytes()) == hs8 and hs8.session != HS.session
+    for channel in ({"kind": "rayleigh", "csi": "mmse"}, {**HS.channel, "blocks": 0}, {**HS.channel, "blocks": 65},
+                    {**HS.channel, "blocks": True}, {"kind": "awgn", "csi": "mmse", "blocks": 2}):
+        with pytest.raises(WireError) as info:
+            Handshake(**{**HS.to_dict(), "channel": channel})
+        assert info.value.field == "channel.blocks"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, len(FRAME8) * 8 - 1))
+def test_any_single_bit_flip_of_a_block_faded_frame_is_rejected(bit):
+    data = bytearray(FRAME8)
+    data[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(WireError):
+        decode_frame(bytes(data), LAYOUT8, HS.session_seed, request_id=5)
 
 
 @settings(max_examples=150, deadline=None)
@@ -140,9 +175,12 @@ def test_request_validation_names_the_field():
     good = {"request_id": 1, "session": HS.session, "model": "0" * 16, "prompts": ["a"], "seed": 0, "link_seed": 0,
             "snr_db": 10.0, "steps": 4}
     assert EdgeRequest.from_dict(good).prompts == ["a"]
+    assert EdgeRequest.from_dict({**good, "fading": [0.5, -0.5] * 8}).fading == [0.5, -0.5] * 8  # 8 block gains
     for patch, field in [({"steps": 0}, "steps"), ({"prompts": []}, "prompts"), ({"snr_db": float("nan")}, "snr_db"),
                          ({"seed": -1}, "seed"), ({"evil": 1}, "evil"), ({"split_step": 64}, "split_step"),
-                         ({"prompts": ["a" * 2000]}, "prompts"), ({"fading": [1.0]}, "fading")]:
+                         ({"prompts": ["a" * 2000]}, "prompts"), ({"fading": [1.0]}, "fading"),
+                         ({"fading": [1.0, 0.0, 2.0]}, "fading"), ({"fading": [1.0, 0.0] * 65}, "fading"),
+                         ({"fading": [True, 0.0]}, "fading"), ({"fading": [float("inf"), 0.0]}, "fading")]:
         with pytest.raises(WireError) as info:
             EdgeRequest.from_dict({**good, **patch})
         assert info.value.field == field

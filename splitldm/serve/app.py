@@ -59,6 +59,8 @@ class ServeConfig:
         read_timeout_s: time to receive a request body (slower: HTTP 408).
         token: shared secret; None: no authentication (bind to 127.0.0.1 then).
         channel, csi: the emulated channel (``"awgn"`` or ``"rayleigh"``) and the receiver's CSI mode.
+        blocks: fading blocks M an image's channel symbols are spread over (Rayleigh: 1..64, each block
+            its own gain; a controller's per-block power split applies when it has M blocks; AWGN: 1).
         ratios: merge ratio table (<= 8 values in [0, 1)).
         split_step, merge_ratio: the default rule's choice (`FixedRule`).
         pad_batches: pad every batch to ``max_batch`` images (when ``max_batch > 1``), so each image is
@@ -73,6 +75,7 @@ class ServeConfig:
     token: str | None = None
     channel: str = "rayleigh"
     csi: str = "mmse"
+    blocks: int = 1
     ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     split_step: int = 2
     merge_ratio: float = 0.0
@@ -91,6 +94,9 @@ class ServeConfig:
             raise ValueError("token: expected a string of at least 8 characters")
         if not isinstance(self.split_step, int) or not 0 <= self.split_step <= MAX_SPLIT_STEP:
             raise ValueError(f"split_step: expected an int in [0, {MAX_SPLIT_STEP}], got {self.split_step!r}")
+        top = 64 if self.channel == "rayleigh" else 1
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or not 1 <= self.blocks <= top:
+            raise ValueError(f"blocks: expected an int in [1, {top}] for a {self.channel} channel, got {self.blocks!r}")
         if self.merge_ratio not in self.ratios:
             raise ValueError(f"merge_ratio: {self.merge_ratio} is not in ratios {self.ratios}")
 
@@ -123,6 +129,7 @@ class EdgeService:
         self.pipe = pipe
         self.codec = codec.eval()
         self.handshake = make_handshake(pipe, codec, codec_name=codec_name, channel=c.channel, csi=c.csi,
+                                        blocks=c.blocks,
                                         ratios=c.ratios, limits=c.limits())
         self.policy = policy or FixedRule(c.split_step, c.merge_ratio)
         self.runner = runner or EdgeRunner(pipe, codec, self.handshake,

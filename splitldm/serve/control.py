@@ -33,12 +33,23 @@ smaller one). The controller overrides the request's own ``steps`` / ``split_ste
 Power split (`splitldm.rl.envs.meg.SeedPower`): with a PPO policy (``power``; the shipped one is
 ``"ppo-power"``, 8 blocks at a mean SNR of 5 dB) and a report of exactly as many per-block power
 gains ``|h_m|^2`` as the policy's blocks, the split is ``p = M a / sum(a)`` of the policy's action
-``a`` (mean 1: the total power is fixed); otherwise equal power (``p_m = 1``). The served channel
-(`splitldm.serve.session.build_link`: ``make_channel("rayleigh")``, one fading gain per image) has
-one block per image, and the compact frame carries one gain per image, so the service cannot apply a
-per-block split: it applies its mean (``power_db = 10 log10 mean(p) = 0`` dB) and reports the split in
-the accepted record. A request's ``fading`` report (one ``[re, im]`` gain) is one block, so it gets
-equal power.
+``a`` (mean 1: the total power is fixed); otherwise equal power (``p_m = 1``).
+
+The split is applied. A session declares M fading blocks per image (``ServeConfig(blocks=M)``, the
+handshake's ``channel.blocks``): the served channel (`splitldm.serve.session.build_link`,
+``make_channel("rayleigh", blocks=M, power=p)``, i.e. `splitldm.link.channels.RayleighBlockFading`)
+spreads an image's k symbols over M contiguous blocks (`splitldm.link.channels.block_sizes`: the first
+``k mod M`` blocks one symbol longer), draws one Rayleigh gain per block from the request's link
+generator, and sends block m's symbols at power ``p_m`` (``y_m = h_m sqrt(p_m) z + n``). The UE reports
+its M block gains in the request's ``fading`` (``[re_0, im_0, ...]``; in the emulation the gains it
+would measure are `splitldm.serve.session.emulated_fading` of its link seed); when the policy has M
+blocks and M gains are reported, `Controller.__call__` returns the split and the ES applies it
+(`splitldm.serve.policy.block_power`) to every image of the request. The frame carries the effective
+per-block gains ``sqrt(p_m) h_m`` as its emulated CSI (what the UE estimates from pilots sent at the
+block's power), so the UE equalises block by block without learning ``p``: the split costs no air
+bits and the side information stays the 32-bit header + check. The accepted record reports the split
+and its source. A session with another number of blocks than the policy, or a report of another
+number of gains, gets equal power. ``power_db`` stays 0 dB (``10 log10 mean(p) = 0``).
 """
 
 from __future__ import annotations
@@ -92,8 +103,10 @@ class Report:
 
     @classmethod
     def of_request(cls, request: EdgeRequest) -> "Report":
-        """The report carried by a served request: its SNR and its one reported gain ``[re, im]``."""
-        gains = None if request.fading is None else (request.fading[0] ** 2 + request.fading[1] ** 2,)
+        """The report carried by a served request: its SNR and its reported block gains
+        ``[re_0, im_0, re_1, im_1, ...]`` as power gains ``|h_m|^2``."""
+        f = request.fading
+        gains = None if f is None else tuple(f[i] ** 2 + f[i + 1] ** 2 for i in range(0, len(f), 2))
         return cls(float(request.snr_db), gains)
 
 
@@ -126,7 +139,8 @@ class Decision:
 @dataclass(frozen=True)
 class ControlledChoice(Choice):
     """A `Choice` that also carries the step count and the power split the controller chose
-    (the service runs ``num_steps`` steps; ``power_split`` is reported, see the module docstring)."""
+    (the service runs ``num_steps`` steps and applies ``power_split`` per fading block, see the module
+    docstring; ``(1.0,)``: equal power)."""
 
     num_steps: int | None = None
     power_split: tuple[float, ...] = (1.0,)
@@ -261,15 +275,22 @@ class Controller:
     def __call__(self, request: EdgeRequest, handshake: Handshake) -> ControlledChoice:
         """The serve hook: `choose` on the request's report, mapped to the session's ratio table.
 
-        ``power_db`` is 0: the split has mean 1 (the total power is fixed) and the served channel has one
-        block per image (see the module docstring)."""
+        ``power_db`` is 0: the split has mean 1 (the total power is fixed). The PPO split is kept only when
+        the session has as many fading blocks per image as the split (``handshake.channel["blocks"]``);
+        otherwise equal power (see the module docstring)."""
         d = self.choose(Report.of_request(request))
+        power, power_source = d.power_split, d.power_source
+        blocks = int(handshake.channel.get("blocks", 1)) if handshake.channel["kind"] == "rayleigh" else 0
+        if power_source == "ppo" and len(power) != blocks:
+            logger.warning("control: a %d-block power split for a session of %d blocks per image: equal power",
+                           len(power), blocks)
+            power, power_source = (1.0,), "equal"
         ratio = nearest_ratio(d.merge_ratio, handshake.merge["ratios"])
         try:
             handshake.ratio_index(ratio)
         except ValueError as exc:
             raise WireError("merge_ratio", str(exc)) from None
         logger.debug("control: snr %.1f dB -> N=%d k=%d r=%.2f (%s), power %s (%s)", request.snr_db, d.num_steps,
-                     d.split_step, ratio, d.rates_source, d.power_split, d.power_source)
+                     d.split_step, ratio, d.rates_source, power, power_source)
         return ControlledChoice(split_step=d.split_step, merge_ratio=ratio, power_db=0.0, num_steps=d.num_steps,
-                                power_split=d.power_split, source={"rates": d.rates_source, "power": d.power_source})
+                                power_split=power, source={"rates": d.rates_source, "power": power_source})

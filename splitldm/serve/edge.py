@@ -9,7 +9,8 @@ payload on to the next node.
 
 Where the channel is emulated: in ``forward``, on the ES, by the channel stage's ``send`` with
 ``torch.Generator().manual_seed(request.link_seed)`` (the SNR the UE reported plus the choice's power
-offset): the frame carries the channel *output* y. The UE only equalises and decodes.
+offset, and the choice's per-block transmit power, `splitldm.serve.policy.block_power`): the frame
+carries the channel *output* y and the effective per-block gains. The UE only equalises and decodes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from splitldm.link.stack import Link
 from splitldm.pipeline.families import family_of
 from splitldm.pipeline.sampling import GenerationSettings, execution_device
 from splitldm.pipeline.split import SplitPipeline
-from splitldm.serve.policy import Choice
+from splitldm.serve.policy import Choice, block_power
 from splitldm.serve.session import (EdgeRequest, build_link, check_expressible, expected_meta, frame_arrays,
                                     frame_layout)
 from splitldm.serve.wire import FrameHeader, Handshake, encode_frame
@@ -137,7 +138,8 @@ class EdgeRunner:
     def forward(self, job: Job, payload: Payload) -> bytes:
         """The job's link send half (channel emulated here) and its compact frame."""
         hs, choice = self.handshake, job.choice
-        link = build_link(hs, self.codec, choice.merge_ratio, job.request.snr_db + choice.power_db)
+        link = build_link(hs, self.codec, choice.merge_ratio, job.request.snr_db + choice.power_db,
+                          power=block_power(choice, hs))
         sent, context = link.send_half(payload, generator=torch.Generator().manual_seed(job.request.link_seed))
         layout = frame_layout(hs, self.codec, self.pipe, job.settings, choice.merge_ratio)
         check_expressible(sent, context, expected_meta(hs, self.pipe, job.settings, choice.split_step,

@@ -14,7 +14,7 @@ from typing import Protocol
 from splitldm.serve.session import EdgeRequest
 from splitldm.serve.wire import MAX_SPLIT_STEP, Handshake, WireError
 
-__all__ = ["Choice", "Policy", "FixedRule"]
+__all__ = ["Choice", "Policy", "FixedRule", "block_power"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,23 @@ class Choice:
     split_step: int
     merge_ratio: float = 0.0
     power_db: float = 0.0
+
+
+def block_power(choice: Choice, handshake: Handshake) -> tuple[float, ...] | None:
+    """The per-block transmit power the ES applies for ``choice`` (None: equal power).
+
+    A choice may carry ``power_split`` (`splitldm.serve.control.ControlledChoice`): M values of mean 1 for
+    the session's M fading blocks (``handshake.channel["blocks"]``), applied as is; a one-value split
+    ``(1.0,)`` or an all-ones split is equal power. Any other length is a `WireError` naming
+    ``power_split`` (a policy that chose for another number of blocks).
+    """
+    split = getattr(choice, "power_split", None)
+    if split is None or all(float(p) == 1.0 for p in split):
+        return None
+    blocks = int(handshake.channel.get("blocks", 1)) if handshake.channel["kind"] == "rayleigh" else 0
+    if len(split) != blocks:
+        raise WireError("power_split", f"{len(split)} block powers for a session of {blocks} fading blocks per image")
+    return tuple(float(p) for p in split)
 
 
 class Policy(Protocol):

@@ -30,10 +30,11 @@ from splitldm.link.stack import Link, LinkContext
 from splitldm.pipeline.families import family_of
 from splitldm.pipeline.sampling import GenerationSettings, fresh_scheduler, make_settings
 from splitldm.pipeline.split import latent_space_fingerprint, model_fingerprint
-from splitldm.serve.wire import MAX_SPLIT_STEP, Frame, FrameLayout, Handshake, WireError
+from splitldm.serve.wire import MAX_BLOCKS, MAX_SPLIT_STEP, Frame, FrameLayout, Handshake, WireError
 from splitldm.tome import side_info_bits
 
-__all__ = ["DEFAULT_RATIOS", "codec_fingerprint", "make_handshake", "build_link", "settings_for", "frame_layout",
+__all__ = ["DEFAULT_RATIOS", "codec_fingerprint", "make_handshake", "build_link", "emulated_fading", "fading_report",
+           "settings_for", "frame_layout",
            "expected_meta", "check_expressible", "received_payload", "EdgeRequest"]
 
 #: The default merge ratio table (3-bit index).
@@ -55,9 +56,13 @@ def codec_fingerprint(codec: SeedCodec) -> str:
 
 def make_handshake(pipe, codec: SeedCodec, *, codec_name: str = "seed-codec", channel: str = "rayleigh",
                    csi: str = "mmse", ratios: Sequence[float] = DEFAULT_RATIOS, sx: int = 2, sy: int = 2,
-                   use_rand: bool = False, similarity: str = "euclidean",
+                   use_rand: bool = False, similarity: str = "euclidean", blocks: int = 1,
                    limits: dict[str, Any] | None = None) -> Handshake:
-    """The session handshake of an ES running ``pipe`` with ``codec`` over an emulated ``channel``."""
+    """The session handshake of an ES running ``pipe`` with ``codec`` over an emulated ``channel``.
+
+    ``blocks``: fading blocks M an image's channel symbols are spread over (``"rayleigh"``: 1..64, each
+    block its own gain, `splitldm.link.channels.block_sizes`; ``"awgn"``: 1).
+    """
     if not isinstance(codec, SeedCodec):
         raise TypeError(f"codec: the compact wire format needs a SeedCodec (channel symbols), got {type(codec).__name__}")
     family = family_of(pipe)
@@ -76,15 +81,20 @@ def make_handshake(pipe, codec: SeedCodec, *, codec_name: str = "seed-codec", ch
                "rho": float(codec.config.rho)},
         merge={"ratios": [float(r) for r in ratios], "sx": int(sx), "sy": int(sy), "use_rand": bool(use_rand),
                "similarity": similarity, "patch": 1},
-        channel={"kind": channel, "csi": csi},
+        channel={"kind": channel, "csi": csi, "blocks": blocks},
         limits=dict(limits or {}),
     )
 
 
-def build_link(handshake: Handshake, codec: SeedCodec, merge_ratio: float, snr_db: float | None = None) -> Link:
+def build_link(handshake: Handshake, codec: SeedCodec, merge_ratio: float, snr_db: float | None = None,
+               power: Sequence[float] | None = None) -> Link:
     """The session's link for one request: ``[TokenMerge(ratio)] + codec + channel(snr_db)``.
 
-    Both ends build it; the UE runs only its receive half (the SNR then comes from the context).
+    The channel is ``make_channel(kind, csi=..., blocks=M)`` with the handshake's M fading blocks per
+    image (`RayleighBlockFading`: each block its own gain, drawn from the link generator). ``power``: the
+    per-block transmit power ``p`` (M values, mean 1) the ES applies (None: equal power); it changes the
+    send half only: the receiver equalises with the effective gains ``sqrt(p_m) h_m`` it is given.
+    Both ends build the link; the UE runs only its receive half (the SNR then comes from the context).
     """
     m = handshake.merge
     stages = []
@@ -92,8 +102,38 @@ def build_link(handshake: Handshake, codec: SeedCodec, merge_ratio: float, snr_d
         stages.append(TokenMerge(merge_ratio, sx=m["sx"], sy=m["sy"], use_rand=m["use_rand"],
                                  similarity=m["similarity"]))
     stages.append(codec)
-    stages.append(make_channel(handshake.channel["kind"], snr_db=snr_db, csi=handshake.channel["csi"]))
+    kind, blocks = handshake.channel["kind"], int(handshake.channel["blocks"])
+    if kind == "awgn":
+        if power is not None:
+            raise ValueError("power: an AWGN session has no fading blocks to split power over")
+        stages.append(make_channel(kind, snr_db=snr_db, csi=handshake.channel["csi"]))
+    else:
+        stages.append(make_channel(kind, snr_db=snr_db, csi=handshake.channel["csi"], blocks=blocks, power=power))
     return Link(stages)
+
+
+def emulated_fading(handshake: Handshake, link_seed: int, images: int = 1) -> torch.Tensor:
+    """The per-block fading gains ``h`` complex64 ``(images, M)`` the emulated channel draws for a request
+    with ``link_seed`` (before any transmit power): what the UE would measure from pilots and report in
+    the request's ``fading`` (row 0 as ``[re_0, im_0, re_1, im_1, ...]``, see `fading_report`).
+
+    The channel draws them first from ``Generator().manual_seed(link_seed)`` (no earlier link stage
+    draws); `tests/test_serve_control.py` checks they equal the CSI of the served frame.
+    """
+    if handshake.channel["kind"] != "rayleigh":
+        raise ValueError(f"handshake: a {handshake.channel['kind']} session has no fading gains")
+    channel = make_channel("rayleigh", snr_db=0.0, csi=handshake.channel["csi"], blocks=int(handshake.channel["blocks"]))
+    context = LinkContext()
+    dummy = Payload({_NAME: torch.zeros(images, int(handshake.channel["blocks"]), dtype=torch.complex64)}, primary=(_NAME,))
+    channel.prepare(dummy, context, torch.Generator().manual_seed(link_seed))
+    return context.h
+
+
+def fading_report(gains: torch.Tensor) -> list[float]:
+    """The request's ``fading`` field for one image's block gains ``h`` complex ``(M,)``:
+    ``[re_0, im_0, ..., re_{M-1}, im_{M-1}]``."""
+    h = torch.as_tensor(gains).reshape(-1)
+    return [float(v) for pair in zip(h.real.tolist(), h.imag.tolist()) for v in pair]
 
 
 @dataclass
@@ -107,8 +147,10 @@ class EdgeRequest:
         prompts: 1..max_batch prompts (one image each).
         seed: seed of the initial noise (``torch.Generator().manual_seed(seed)``, as in-process).
         link_seed: seed of the link's generator (SNR draws, fading, channel noise), per request.
-        snr_db: the UE's channel report, dB. ``fading``: optional reported gain ``[re, im]`` (for a
-            controller; the emulated channel draws its own from ``link_seed``).
+        snr_db: the UE's channel report, dB. ``fading``: optional reported per-block gains
+            ``[re_0, im_0, ..., re_{M-1}, im_{M-1}]`` (1..64 blocks; for a controller's power split, which
+            applies to every image of the request; the emulated channel draws its own gains from
+            ``link_seed``: `emulated_fading` gives the ones a UE would measure).
         steps, guidance_scale, height, width, negative_prompt: as `SplitPipeline.edge`.
         split_step, merge_ratio: requested choice (None: the server's rule decides).
     """
@@ -169,9 +211,11 @@ class EdgeRequest:
             if not isinstance(obj[name], str) or len(obj[name]) > 64:
                 raise WireError(name, "expected a short string")
         fading = obj.get("fading")
-        if fading is not None and (not isinstance(fading, list) or len(fading) != 2
-                                   or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in fading)):
-            raise WireError("fading", f"expected [re, im], got {fading!r}")
+        if fading is not None and (not isinstance(fading, list) or not 2 <= len(fading) <= 2 * MAX_BLOCKS
+                                   or len(fading) % 2
+                                   or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              and math.isfinite(x) for x in fading)):
+            raise WireError("fading", f"expected [re_0, im_0, ...] for 1..{MAX_BLOCKS} blocks, got {fading!r}")
         prompts = strings("prompts")
         negative = strings("negative_prompt", optional=True)
         if negative is not None and len(negative) != len(prompts):
@@ -218,7 +262,11 @@ def frame_layout(handshake: Handshake, codec: SeedCodec, pipe, settings: Generat
         index_bits = side_info_bits((h, w), r, m["sx"], m["sy"], bool(m["use_rand"]) and m["sx"] * m["sy"] > 1, p)
         shape = (p, c, 1, h * w - r)
     k = codec.num_symbols(shape[1:])
-    return FrameLayout(images=p, symbols=k, index_bits=index_bits, gains=1 if handshake.channel["kind"] == "rayleigh" else 0)
+    blocks = int(handshake.channel["blocks"]) if handshake.channel["kind"] == "rayleigh" else 0
+    if blocks > k:
+        raise WireError("channel.blocks", f"{blocks} fading blocks need at least {blocks} channel symbols per image, "
+                                          f"the request has {k}")
+    return FrameLayout(images=p, symbols=k, index_bits=index_bits, gains=blocks)
 
 
 def expected_meta(handshake: Handshake, pipe, settings: GenerationSettings, split_step: int,
@@ -290,7 +338,7 @@ def check_expressible(sent: Payload, context: LinkContext, meta: dict[str, Any],
     if context.extra or context.channel_layout != [(_NAME, layout.symbols)]:
         raise WireError("context", "the link left receiver state the frame does not carry")
     if layout.gains and (context.h is None or tuple(context.h.shape) != (layout.images, layout.gains)):
-        raise WireError("gains", "the channel's fading gains do not have one value per image")
+        raise WireError("gains", f"the channel's fading gains are not {layout.gains} per image (one per block)")
 
 
 def frame_arrays(sent: Payload, context: LinkContext) -> dict[str, torch.Tensor | None]:

@@ -14,7 +14,8 @@ Three kinds of message cross the socket:
       air check    u16  CRC-16/CCITT of the air header + merge index map, seeded by the session
       index map    ceil(bits / 8) bytes (only when the merge ratio is > 0; `splitldm.tome.side_info_bits`)
       symbols      P x k complex64, little-endian (the channel output y, emulated on the ES)
-      emulated CSI P float32 SNR (dB) + P x g complex64 fading gains (g = 1 for block fading, 0 for AWGN)
+      emulated CSI P float32 SNR (dB) + P x M complex64 per-block fading gains (M = the handshake's
+                   ``channel.blocks`` for Rayleigh block fading, 0 for AWGN)
       frame check  u32  CRC32 of everything before, seeded by the session
 
   Over the air the image costs the ``k`` channel symbols plus the digital side information: the 16-bit
@@ -22,7 +23,10 @@ Three kinds of message cross the socket:
   request) and the merge index map. The emulated CSI stands for what a real receiver estimates from
   pilots (the `LinkContext` is "what both ends know", never transmitted in-process either): it crosses
   the socket because the channel is emulated on the ES, and it is counted in the socket bits, not in
-  the side information. The frame check is the socket's integrity check (the emulated air link has its
+  the side information. With a per-block transmit power ``p_m`` (`splitldm.serve.control`) the CSI is
+  the effective gain ``sqrt(p_m) h_m`` of each block, what the UE estimates from pilots sent at the
+  block's power: the UE equalises with it and never needs ``p``, so the power split does not cross
+  (it costs no air bits; the ES reports it in the stream's ``accepted`` record, socket only). The frame check is the socket's integrity check (the emulated air link has its
   own, the air check). No field of the frame carries a length: every size follows from the handshake,
   the request and the air header, and a frame of any other length is refused.
 * **The stream** the ES answers a request with: records ``type (1 byte) | length u32 | body``; type
@@ -49,10 +53,13 @@ import torch
 
 __all__ = ["WIRE_VERSION", "WireError", "Handshake", "FrameHeader", "FrameLayout", "Frame", "pack_envelope",
            "unpack_envelope", "encode_frame", "decode_frame", "pack_record", "iter_records", "RecordReader",
-           "AIR_HEADER_BITS", "AIR_CHECK_BITS", "SIDE_INFO_BITS", "MAX_ENVELOPE_BYTES"]
+           "AIR_HEADER_BITS", "AIR_CHECK_BITS", "SIDE_INFO_BITS", "MAX_ENVELOPE_BYTES", "MAX_BLOCKS"]
 
-#: Version of this format (2 bits in the air header: 1..3).
-WIRE_VERSION = 1
+#: Version of this format (2 bits in the air header: 1..3). 2: ``channel.blocks`` in the handshake and
+#: M per-block gains per image in the frame's emulated CSI (1: one gain per image).
+WIRE_VERSION = 2
+#: Most fading blocks per image a session may declare (``Handshake.channel["blocks"]``).
+MAX_BLOCKS = 64
 #: Bits of the per-request air header and of its CRC-16: together the side information other than the
 #: merge index map.
 AIR_HEADER_BITS = 16
@@ -134,7 +141,8 @@ class Handshake:
         codec: ``{"class", "name", "fingerprint", "rho"}`` of the seed codec.
         merge: ``{"ratios": [...], "sx", "sy", "use_rand", "similarity", "patch"}``: the merge ratio
             table the 3-bit index points into, and the `TokenMerge` settings.
-        channel: ``{"kind": "awgn" | "rayleigh", "csi"}``: the emulated channel.
+        channel: ``{"kind": "awgn" | "rayleigh", "csi", "blocks"}``: the emulated channel; ``blocks``
+            (1..`MAX_BLOCKS`, 1 for AWGN): the fading blocks M an image's symbols are spread over.
         limits: the server's limits (informative): max batch, request bytes, concurrency.
     """
 
@@ -157,6 +165,11 @@ class Handshake:
             raise WireError("merge.ratios", f"expected 1..{MAX_RATIOS} ratios in [0, 1), got {ratios!r}")
         if self.channel.get("kind") not in ("awgn", "rayleigh"):
             raise WireError("channel.kind", f"expected 'awgn' or 'rayleigh', got {self.channel.get('kind')!r}")
+        m = self.channel.get("blocks")
+        top = MAX_BLOCKS if self.channel["kind"] == "rayleigh" else 1
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= top:
+            raise WireError("channel.blocks", f"expected an int in [1, {top}] for a {self.channel['kind']} channel, "
+                                              f"got {m!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,7 +254,7 @@ class FrameLayout:
     """The sizes a frame must have, known to the UE before it arrives (no length crosses).
 
     ``images``: P; ``symbols``: k per image; ``index_bits``: exact merge index map bits (0: none);
-    ``gains``: fading gains per image in the emulated CSI (1 block fading, 0 AWGN).
+    ``gains``: fading gains per image in the emulated CSI (M blocks for block fading, 0 for AWGN).
     """
 
     images: int
