@@ -311,8 +311,11 @@ class SplitPipeline:
         denoise(pipe, state, stop=k, stop_stage=self.split_stage, chain=self.chain)
         return self._pack(state)
 
-    def _pack(self, state: DenoiseState) -> Payload:
+    def _pack(self, state: DenoiseState, generator_state: str | None = None, condition: str | None = None) -> Payload:
+        """``state`` as a payload; ``generator_state`` / ``condition``: None, this pipeline's (`relay` keeps the received ones)."""
         pipe, settings = self.pipe, state.settings
+        generator_state = self.generator_state if generator_state is None else generator_state
+        condition = self.condition if condition is None else condition
         tensors: dict[str, torch.Tensor] = {"latents": state.latents.detach().cpu()}
         primary = ["latents"]
         reference = fresh_scheduler(pipe, settings)
@@ -329,14 +332,14 @@ class SplitPipeline:
             "scheduler_state": sched,
             "step": state.step,
             "num_steps": state.num_steps,
-            "condition": self.condition,
+            "condition": condition,
             "settings": asdict(settings),
             "dtype": str(state.latents.dtype).removeprefix("torch."),
         }
         if next_t is not None and hasattr(state.scheduler, "sigmas") and getattr(state.scheduler.config, "use_flow_sigmas", True) \
                 and type(state.scheduler).__name__.startswith("FlowMatch"):
             meta["next_sigma"] = float(state.scheduler.sigmas[state.step])
-        if self.condition == "embeddings":
+        if condition == "embeddings":
             wire = {}
             for name, value in state.cond.items():
                 value = value.detach().cpu()
@@ -349,17 +352,17 @@ class SplitPipeline:
             meta["settings"]["prompt"] = [""] * len(settings.prompt)  # the text itself need not cross
             if settings.negative_prompt is not None:  # its presence matters (Flux true CFG), not its text
                 meta["settings"]["negative_prompt"] = [""] * len(settings.negative_prompt)
-        if state.generator is not None and self.generator_state != "none":
+        if state.generator is not None and generator_state != "none":
             gens = state.generator if isinstance(state.generator, list) else [state.generator]
             meta["generator"] = {"devices": [str(g.device) for g in gens], "list": isinstance(state.generator, list)}
-            if self.generator_state == "full":
+            if generator_state == "full":
                 tensors.update({f"generator.{i}": s for i, s in enumerate(generator_states(state.generator))})
             else:
                 meta["generator"]["seeds"] = [int(torch.randint(0, 2**63 - 1, (1,), generator=g, device=g.device))
                                               for g in gens]
         if state.carry is not None:
             carry_tensors = state.carry.tensors()
-            if self.condition == "prompt" and isinstance(self.chain, UNetChain):
+            if condition == "prompt" and isinstance(self.chain, UNetChain):
                 carry_tensors.pop("encoder_hidden_states", None)  # the UE recomputes it from the prompt
             tensors.update({f"carry.{k}": v.detach().cpu() for k, v in carry_tensors.items()})
             primary += [f"carry.{k}" for k in carry_tensors if k == "hidden" or k.startswith("skip.")]
@@ -374,6 +377,47 @@ class SplitPipeline:
         chain = self.chain if self.device_pipe is self.pipe else self.family.chain(self.device_pipe)
         denoise(self.device_pipe, state, chain=chain)
         return decode(self.device_pipe, state, output_type)
+
+    @torch.no_grad()
+    def relay(self, payload: Payload, stop: int, stop_stage: int | None = None) -> Payload:
+        """A middle node of a chain: continue a received payload with steps ``[a, stop)`` and repack it.
+
+        ``a`` is the payload's step (``meta["step"]``); with ``stop_stage`` the pass of step ``stop`` is
+        cut inside before that stage (as ``split_stage``). The payload is checked as `device` checks it
+        (`check_split_payload`, model fingerprint, scheduler) and repacked as `edge` packs it: the same
+        condition mode, and the generator state carried on if it came (``"full"``: exact; ``"seed"``:
+        a fresh seed drawn per hop, reproducible but not the two-node images). So with ideal links
+        ``device(relay(relay(edge(0..a), b), c))`` equals ``device(edge(0..c))`` and the unsplit
+        pipeline bit for bit, for every ``0 <= a <= b <= c <= T``.
+
+        Args:
+            payload: a `Payload` made by `edge` or `relay` of a pipeline with this pipeline's models.
+            stop: the step to stop before, ``a <= stop <= T`` (T: the payload's ``num_steps``).
+            stop_stage: None, or a stage in ``[1, len(chain) - 1]`` (``stop < T``).
+
+        Returns the `Payload` at step ``stop`` (latents (B, C, h, w); Flux: packed (B, N, 4C)).
+        """
+        if self.device_steps is not None:
+            raise ValueError("device_steps: a relay continues the ES's schedule; it cannot hand over to another model")
+        if isinstance(stop, bool) or not isinstance(stop, int):
+            raise ValueError(f"stop: expected an int, got {stop!r}")
+        if stop_stage is not None:
+            if self.chain is None:
+                raise ValueError(f"stop_stage: a {self.family.name} denoiser cannot be cut inside a pass here")
+            if isinstance(stop_stage, bool) or not isinstance(stop_stage, int) or not 1 <= stop_stage < len(self.chain):
+                raise ValueError(f"stop_stage: must be None or an int in [1, {len(self.chain) - 1}], got {stop_stage!r}")
+        state = self._unpack(payload)
+        if not state.step <= stop <= state.num_steps or (stop == state.num_steps and stop_stage is not None):
+            raise ValueError(f"stop: must be an int in [{state.step}, {state.num_steps}] (the payload is at step "
+                             f"{state.step} of {state.num_steps}){' and < the last when stop_stage is set' if stop_stage else ''}, got {stop}")
+        if stop_stage is not None and type(self.family).predict is not Family.predict and state.do_cfg:
+            raise ValueError(f"stop_stage: a {self.family.name} step with true CFG runs two denoiser passes; "
+                             "cut between steps instead")
+        chain = self.chain if self.device_pipe is self.pipe else self.family.chain(self.device_pipe)
+        denoise(self.device_pipe, state, stop=stop, stop_stage=stop_stage, chain=chain)
+        info = payload.meta.get("generator")
+        mode = "none" if info is None else ("seed" if "seeds" in info else "full")
+        return self._pack(state, generator_state=mode, condition=payload.meta["condition"])
 
     def _settings(self, meta: dict[str, Any]) -> GenerationSettings:
         try:
