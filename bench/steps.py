@@ -2,8 +2,12 @@
 
 For each configuration, generates one image per held-out prompt (``splitldm.eval.data.prompts_for``,
 split ``test``) and reports prompt adherence (attribute classifier), classifier-FID against
-held-out real images (never Inception FID), and wall time per image. The last line printed is
-one JSON object with all numbers.
+held-out real images (never Inception FID), and wall time per image. No channel is involved, so the
+randomness is the prompts': ``adherence_ci95`` is the 95 % BCa bootstrap interval of the share over the
+per-prompt outcomes (`splitldm.eval.stats.bootstrap_interval`, seeded); classifier-FID is a statistic
+of the whole image set and has no interval here (compare it with ``real_vs_real_classifier_fid``, the
+floor two real sets of this size reach). The JSON carries ``"provenance"`` (`splitldm.eval.provenance`).
+The last line printed is one JSON object with all numbers.
 
     python bench/steps.py            # full: 256 prompts
     python bench/steps.py --quick    # 16 prompts (a smoke run, under a minute on a free core)
@@ -20,6 +24,8 @@ import torch
 
 from splitldm.eval.data import prompts_for, render_batch
 from splitldm.eval.metrics import ClassifierFeatures, frechet_distance, load_classifier, prompt_adherence
+from splitldm.eval.provenance import provenance
+from splitldm.eval.stats import bootstrap_interval
 from splitldm.eval.threads import set_threads
 from splitldm.pipeline.models import load_pipeline
 
@@ -80,12 +86,15 @@ def main(argv=None) -> int:
         for steps in steps_list:
             imgs, wall = generate(pipe, prompts, steps, guidance, args.seed)
             adh, per = prompt_adherence(imgs, prompts, clf, per_attribute=True)
+            hits = [prompt_adherence(imgs[i:i + 1], [p], clf) for i, p in enumerate(prompts)]  # 0/1 per prompt
+            iv = bootstrap_interval(hits, seed=args.seed)
             row = {"model": label, "checkpoint": name, "steps": steps, "guidance": guidance,
-                   "adherence": round(adh, 4), "per_attribute": {k: round(v, 4) for k, v in per.items()},
+                   "adherence": round(adh, 4), "adherence_ci95": [round(iv.low, 4), round(iv.high, 4)],
+                   "per_attribute": {k: round(v, 4) for k, v in per.items()},
                    "classifier_fid": round(frechet_distance(real_f, feats(imgs)), 4),
                    "wall_s_per_image": round(wall / len(prompts), 5)}
             rows.append(row)
-            print(f"{label:13s} steps={steps:3d}  adherence={adh:6.1%}  classifier-FID={row['classifier_fid']:8.3f}  "
+            print(f"{label:13s} steps={steps:3d}  adherence={adh:6.1%} [{iv.low:.1%}, {iv.high:.1%}]  classifier-FID={row['classifier_fid']:8.3f}  "
                   f"{1e3 * row['wall_s_per_image']:7.1f} ms/image", flush=True)
     # real-vs-real floor: the FID two independent real sets reach with this many images
     real2, real2_caps, _ = render_batch(range(num), "test", seed=args.seed + 2)
@@ -94,7 +103,17 @@ def main(argv=None) -> int:
               "holdout_combos": args.holdout_combos, "fid_extractor": feats.name,
               "real_vs_real_classifier_fid": round(floor, 4),
               "real_adherence": round(prompt_adherence(real2, real2_caps, clf), 4),
-              "threads": args.threads, "device": args.device, "rows": rows}
+              "threads": args.threads, "device": args.device,
+              "interval": "adherence_ci95: 95% BCa bootstrap over the prompts (splitldm.eval.stats.bootstrap_interval, "
+                          "2000 resamples, seed = --seed); classifier-FID: no interval (a set statistic)",
+              "rows": rows}
+    from splitldm.zoo import MODELS
+
+    result["provenance"] = provenance({**vars(args), "num": num, "num_real": num_real, "teacher_steps": t_steps,
+                                       "student_steps": s_steps},
+                                      {"sampling": args.seed, "real_images": args.seed + 1, "real_floor": args.seed + 2,
+                                       "bootstrap": args.seed}, feats.name,
+                                      [m for m in ("classifier", args.teacher, args.student) if m in MODELS])
     print(json.dumps(result))
     return 0
 
