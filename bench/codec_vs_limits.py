@@ -125,26 +125,26 @@ def plot(figures: dict, path: str) -> None:
 
     sets = list(figures["sets"])
     fig, axes = new_figure(len(sets), 2, figsize=(10, 3.6 * len(sets)))
-    curves = (("codec_psnr", "seed codec"), ("separation_ideal_psnr", "separation, ideal code"),
-              ("separation_ideal_block_csit_psnr", "separation, ideal code per fade"),
-              ("separation_ldpc_psnr", "separation, 5G LDPC + QAM"), ("digital_psnr", "KLT + LDPC"))
+    curves = (("codec_psnr", "seed codec", "C0"), ("separation_ideal_psnr", "separation, ideal code", "C1"),
+              ("separation_ideal_block_csit_psnr", "separation, ideal code per fade (CSI)", "C4"),
+              ("separation_ldpc_psnr", "separation, 5G LDPC + QAM", "C2"), ("digital_psnr", "KLT + 5G LDPC + QAM", "C3"))
     for i, name in enumerate(sets):
         for j, channel in enumerate(("awgn", "rayleigh")):
             ax = axes[i][j]
             rows = figures["sets"][name]["channels"][channel]["snr"]
             snrs = [float(s) for s in rows]
-            for key, label in curves:
+            for key, label, color in curves:
                 pts = [(x, r[key], r.get(key + "_ci95")) for x, r in zip(snrs, rows.values()) if key in r]
                 if not pts:
                     continue
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 err = np.array([[y - (c[0] if c and c[0] is not None else y),
                                  (c[1] if c and c[1] is not None else y) - y] for _, y, c in pts]).T
-                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, label=label)
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, label=label, color=color)
             ax.plot(snrs, [r["opta_psnr"] for r in rows.values()], "k--", lw=1, label="OPTA (Gaussian reference)")
             ax.set(title=f"{name}, {channel}", xlabel="SNR (dB)", ylabel="latent PSNR (dB)")
             ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
+            if i == 0:
                 ax.legend(fontsize=7)
     save_figure(fig, path)
 

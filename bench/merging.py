@@ -14,8 +14,11 @@ and the median is reported (and best-of-N, less sensitive to neighbours); speed-
 Part 2 (link): `TokenMerge` on VAE latents of the embedded shapes test images (float16, as sent):
 bits per image and decoded-image PSNR (dB, vs the image, and vs the decode of the clean latent) per
 ratio, for the stock decoder and, when ``checkpoints/merge-decoder`` exists, the merge-aware one.
+TokenMerge is deterministic and no channel is involved, so the randomness is the images': each PSNR
+has ``*_ci95``, the 95 % Student-t interval over the images (`splitldm.eval.stats.t_interval`).
 
-The last line printed is one JSON object with all figures.
+The JSON carries ``"provenance"`` (`splitldm.eval.provenance`). The last line printed is one JSON object
+with all figures.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 
 import torch
 
+from splitldm.eval.stats import t_interval
 from splitldm.link.merge import TokenMerge
 from splitldm.tome import apply_patch, remove_patch
 from splitldm.zoo import checkpoints_dir
@@ -129,7 +133,9 @@ def bench_link(ratios, num_images: int) -> dict:
     clean = {k: decode(d, latents) for k, d in decoders.items()}
 
     def psnr(a, b):
-        return (10 * torch.log10(1 / (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10))).mean().item()
+        """Mean over images of 10 log10(1 / MSE) (dB) and its 95 % t-interval over the images."""
+        iv = t_interval((10 * torch.log10(1 / (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10))).tolist())
+        return iv.mean, [round(iv.low, 3), round(iv.high, 3)]
 
     rows = []
     for r in ratios:
@@ -144,9 +150,15 @@ def bench_link(ratios, num_images: int) -> dict:
         got_cos = cos.receive(cos.send(p, {}, None), {}, None).tensors["latents"].float()
         for name, dec in decoders.items():
             img = decode(dec, got)
-            row[f"psnr_{name}_db"] = round(psnr(img, images), 3)
-            row[f"psnr_{name}_vs_clean_db"] = round(psnr(img, clean["stock"]), 3) if r > 0 or name != "stock" else None
-        row["psnr_stock_cosine_db"] = round(psnr(decode(vae, got_cos), images), 3)
+            m, ci = psnr(img, images)
+            row[f"psnr_{name}_db"], row[f"psnr_{name}_db_ci95"] = round(m, 3), ci
+            if r > 0 or name != "stock":
+                m, ci = psnr(img, clean["stock"])
+                row[f"psnr_{name}_vs_clean_db"], row[f"psnr_{name}_vs_clean_db_ci95"] = round(m, 3), ci
+            else:
+                row[f"psnr_{name}_vs_clean_db"] = None
+        m, ci = psnr(decode(vae, got_cos), images)
+        row["psnr_stock_cosine_db"], row["psnr_stock_cosine_db_ci95"] = round(m, 3), ci
         rows.append(row)
     return {"pipeline": source, "num_images": num_images, "latent_shape": list(latents.shape[1:]),
             "dtype": "float16", "rows": rows}
@@ -180,9 +192,18 @@ def main(argv=None) -> int:
     result["link"] = link
     print(f"TokenMerge on {link['pipeline']} latents {link['latent_shape']} (float16):")
     for row in link["rows"]:
-        extras = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("psnr"))
+        extras = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("psnr") and not k.endswith("_ci95"))
         print(f"  ratio {row['ratio']}: {row['bits_per_image']:.0f} bits/image "
               f"(side info {row['side_info_bits_per_image']:.0f}) {extras}")
+    result["interval"] = ("link PSNRs: 95% Student-t interval over the images (splitldm.eval.stats.t_interval; "
+                          "TokenMerge is deterministic, no channel); speed: median and best of the repeats")
+    from splitldm.eval.provenance import provenance
+    from splitldm.zoo import MODELS
+
+    models = [m for m in (link["pipeline"], "merge-decoder") if m in MODELS
+              and (m != "merge-decoder" or "psnr_merge-aware_db" in link["rows"][0])]
+    result["provenance"] = provenance({**vars(args), "latent": latent, "repeats": repeats}, {"unet_init": 0, "inputs": 0},
+                                      None, models)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result))
     return 0
