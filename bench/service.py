@@ -72,13 +72,17 @@ def serve(args) -> int:
     """The server process (``--serve``): one `EdgeService` per max batch size, one process, one model."""
     import signal
 
+    import torch
     import uvicorn
 
     from splitldm.link.codec import SeedCodec
     from splitldm.pipeline.models import load_pipeline
     from splitldm.serve.app import EdgeService, ServeConfig, create_app
 
+    from splitldm.link.symbols import complex_normal
+
     pipe, codec = load_pipeline("tiny"), SeedCodec.from_pretrained("seed-codec")
+    complex_normal((1, 1), torch.Generator())  # the channel's first draw imports Sionna: do it before "ready"
     servers, urls = [], {}
     for b in (int(x) for x in args.batch_sizes.split(",")):
         config = ServeConfig(max_batch=b, max_wait_s=args.max_wait_ms / 1000.0, split_step=args.split_step,
@@ -113,7 +117,9 @@ def run_phase(pipe, max_batch: int, url: str, args) -> dict:
 
     edge = RemoteEdge(url, pipe, timeout_s=args.timeout)
     edge.handshake  # noqa: B018  (fetch once, shared by the client threads)
-    edge.generate(PROMPTS[0], steps=args.steps, merge_ratio=args.merge_ratio, output_type="np")  # warm-up
+    warm_up = edge.request(PROMPTS[0], steps=args.steps, merge_ratio=args.merge_ratio)
+    if args.finish:
+        edge.finish(warm_up, "np")
     warm = edge.ledger()
     latencies, errors, bits = [], [], []
     lock = threading.Lock()
