@@ -42,6 +42,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "cvpo-meg": ("cvpo-meg", "CVPO controller of (steps, merge ratio) on MEGRates (cost_obs), 0.996 of the oracle"),
     "ppo-power": ("ppo-power", "PPO transmit-power split over 8 Rayleigh blocks (SeedPower, 5 dB)"),
     "codec-bank": ("codec-bank", "SeedCodecBank for tiny's UNet cut before 'output' (step 4 of 8), 34 uses/image"),
+    "d3ql-placement": ("d3ql-placement", "D3QL placement of a 3-node chain (ChainPlacement, splitldm.serve.chain)"),
 }
 
 

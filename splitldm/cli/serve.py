@@ -93,6 +93,8 @@ def _chain(args: argparse.Namespace, controller: dict | None):
         raise ValueError(f"--hop-timeout: expected seconds in (0, 3600], got {args.hop_timeout}")
     if args.max_hop_bytes < 1024:
         raise ValueError(f"--max-hop-bytes: expected an int >= 1024, got {args.max_hop_bytes}")
+    if args.placement is None and args.placement_backlog is not None:
+        raise ValueError("--placement-backlog: needs --placement")
     if args.chain is None:
         for flag, value in (("--chain-blocks", args.chain_blocks), ("--placement", args.placement)):
             if value is not None:
@@ -122,7 +124,7 @@ def _chain(args: argparse.Namespace, controller: dict | None):
         raise ValueError(f"--placement-deadline: expected seconds in (0, 3600), got {args.placement_deadline}")
     try:
         placement = D3QLPlacement.from_pretrained(args.placement, urls, deadline_s=args.placement_deadline,
-                                                  merge_ratio=args.merge_ratio)
+                                                  merge_ratio=args.merge_ratio, backlog_s=args.placement_backlog)
     except (ValueError, FileNotFoundError) as exc:
         raise type(exc)(f"--placement: {exc}") from None
     return lambda base: placement
@@ -231,6 +233,9 @@ def register(subparsers) -> None:
                    help="with --chain: a D3QL placement policy (zoo name d3ql-placement or a save_placement folder) "
                    "picks the chain and step reduction per request")
     p.add_argument("--placement-deadline", type=float, default=2.0, help="with --placement: the deadline (s) it assumes")
+    p.add_argument("--placement-backlog", type=_ratios, default=None, metavar="S0,S1,...",
+                   help="with --placement: seconds each node (this one, then each --chain URL) is assumed busy "
+                   "(default idle: the shipped policy then keeps requests on this node)")
     p.add_argument("--hop-timeout", type=float, default=120.0, help="seconds a hop may take (the rest of the chain)")
     p.add_argument("--max-hop-bytes", type=int, default=64 << 20, help="largest hop message this node accepts")
     p.add_argument("--ray", action="store_true", help="serve on Ray Serve (needs splitldm[serve]: ray[serve])")

@@ -8,6 +8,8 @@
 * `splitldm.serve.batcher`: dynamic FIFO batching and the request ledger.
 * `splitldm.serve.app`: the FastAPI app (`EdgeService`, `create_app`); ``splitldm serve-edge``.
 * `splitldm.serve.client`: the UE (`RemoteEdge`, `remote`); ``splitldm generate --edge URL``.
+* `splitldm.serve.chain`: multi-hop chains of ES processes (`ChainService`, ``POST /v1/hop``,
+  `ExplicitChain` / `D3QLPlacement`); ``splitldm serve-edge --chain URL1,URL2``.
 
 Needs the ``serve`` extra (``pip install splitldm[serve]``: fastapi, uvicorn, httpx).
 """

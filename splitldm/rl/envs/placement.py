@@ -316,6 +316,37 @@ class ChainPlacement(gym.Env):
                                "late": bool(late), "quality_ok": bool(q_ok), "steps": steps, "chain": tuple(chain),
                                "compute_s": float(compute), "quality": float(q)}
 
+    def request_frame(self, n_ask: int, deadline_s: float, rate_bps: float, slack: int = 0,
+                      backlog_s: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Make the frame one live request arriving now (serving, `splitldm.serve.chain`): (obs, mask).
+
+        ``n_ask``: its steps, in ``[min_steps, ask_steps[1]]``; ``deadline_s`` (s, > 0); ``rate_bps``: its
+        wireless rate (bit/s, > 0); ``slack``: steps the quality floor allows dropping (``q_min = Q(n_ask -
+        slack)``); ``backlog_s``: (N,) seconds each node is still busy (default idle). The episode's
+        other draws are not used; `step` then places this one request.
+        """
+        lo, hi = self.min_steps, self.ask_steps[1]
+        if isinstance(n_ask, bool) or not isinstance(n_ask, (int, np.integer)) or not lo <= n_ask <= hi:
+            raise ValueError(f"n_ask: expected an int in [{lo}, {hi}] (the steps this placement model knows), got {n_ask!r}")
+        if isinstance(slack, bool) or not isinstance(slack, (int, np.integer)) or slack < 0:
+            raise ValueError(f"slack: expected an int >= 0, got {slack!r}")
+        deadline = _pos("deadline_s", deadline_s)
+        rate = _pos("rate_bps", rate_bps)
+        avail = np.zeros(self.N) if backlog_s is None else np.asarray(backlog_s, dtype=float)
+        if avail.shape != (self.N,) or np.any(~np.isfinite(avail)) or np.any(avail < 0):
+            raise ValueError(f"backlog_s: expected {self.N} finite seconds >= 0, got {backlog_s!r}")
+        self.num_users = 1
+        self.arrival = np.zeros(1)
+        self.n_ask = np.array([int(n_ask)])
+        self.q_min = np.array([self._q[max(1, int(n_ask) - int(slack))]])
+        self.deadline = np.array([deadline])
+        self.gains_db = np.zeros((1, self.num_channels))
+        self.assignment = np.zeros(1, np.int64)
+        self.rate_bps = np.array([rate])
+        self.tx_s = self.latent_bits / self.rate_bps
+        self.state = PlacementState(avail.copy(), 0)
+        return self.observe(), self.mask()
+
     # ------------------------------------------------------------------ gym API
     def observe(self, state: PlacementState | None = None) -> np.ndarray:
         s = self.state if state is None else state
