@@ -4,7 +4,11 @@
     python bench/placement_caching.py            # budgets of configs/rl/d3ql.yaml and caching.yaml
     python bench/placement_caching.py --quick    # small budgets (a smoke run; figures are not the claim)
 
-Evaluation uses held-out seeds (100000+). Single thread (torch.set_num_threads(1)); training times
+Evaluation uses held-out seeds (100000+), one episode per seed; each policy's figures are pooled over
+its episodes (as `splitldm.rl.evaluate` pools them) and ``reward_ci95`` / ``reward_per_request_ci95`` is
+the 95 % Student-t interval over the per-episode means (`splitldm.eval.stats.t_interval`; the JSON's
+``"interval"`` says so). The JSON carries ``"provenance"`` (`splitldm.eval.provenance`).
+Single thread (torch.set_num_threads(1)); training times
 are given as wall clock and as this process's CPU time (the fair figure on a shared machine). Plots (reward vs
 episodes, reward vs users) go to --out.
 """
@@ -17,6 +21,33 @@ import os
 import sys
 import time
 import warnings
+
+
+def pooled(evaluate_one, episodes: int, seed: int, weight: str, means: tuple, sub: dict | None = None) -> dict:
+    """Run ``evaluate_one(seed + e)`` (one episode each) for ``e < episodes`` and pool the results.
+
+    ``means``: keys averaged with weight ``r[weight]`` (requests / frames / slots); ``sub``: key ->
+    (weight function of one result) for keys averaged over a subset (delivered requests). Adds
+    ``<key>_episodes`` (per-episode values) and ``<key>_ci95`` (t-interval over episodes) for "reward".
+    """
+    import math
+
+    from splitldm.eval.stats import t_interval
+
+    runs = [evaluate_one(seed + e) for e in range(episodes)]
+    out: dict = {weight: sum(r[weight] for r in runs)}
+    for k in means:
+        out[k] = sum(r[k] * r[weight] for r in runs) / out[weight]
+    for k, wf in (sub or {}).items():
+        pairs = [(r[k], wf(r)) for r in runs if wf(r) > 0 and not math.isnan(r[k])]
+        out[k] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else float("nan")
+    if "masked_choices" in runs[0]:
+        out["masked_choices"] = sum(r["masked_choices"] for r in runs)
+    per = [r["reward"] for r in runs]
+    iv = t_interval(per)
+    out["reward_episodes"] = per
+    out["reward_ci95"] = [iv.low, iv.high]
+    return out
 
 
 def main(argv=None) -> int:
@@ -75,12 +106,17 @@ def main(argv=None) -> int:
         pols = {"d3ql": agent.policy(), "monolithic": monolithic, "fixed_chain_2": fixed_chain(2),
                 "greedy": greedy_placement}
         users = users if q else [2, 3, 5, 8, 10, 15, 20]   # evaluated on these (3, 8, 15 not trained on)
-        per = {u: {n: evaluate_placement(env, p, episodes, held, u) for n, p in pols.items()} for u in users}
+        delivered = (lambda r: r["requests"] - round(r["rejected_rate"] * r["requests"]))
+        per = {u: {n: pooled(lambda sd: evaluate_placement(env, p, 1, sd, u), episodes, held, "requests",
+                             ("reward", "served_rate", "latency_violation_rate", "rejected_rate"),
+                             {"latency_s": delivered, "steps": delivered,
+                              "mean_chain": delivered}) for n, p in pols.items()} for u in users}
         plot_vs_users({n: [per[u][n]["reward"] for u in users] for n in pols}, users,
                       os.path.join(args.out, "placement_vs_users.png"), "reward per request")
-        out["placement"] = {str(u): {n: {k: round(r[k], 4) for k in ("reward", "served_rate", "latency_violation_rate",
-                                                                     "steps", "mean_chain")} for n, r in d.items()}
-                            for u, d in per.items()}
+        out["placement"] = {str(u): {n: {**{k: round(r[k], 4) for k in ("reward", "served_rate",
+                                                                        "latency_violation_rate", "steps", "mean_chain")},
+                                         "reward_ci95": [round(v, 4) for v in r["reward_ci95"]]}
+                                     for n, r in d.items()} for u, d in per.items()}
         out["d3ql_masked_choices"] = sum(per[u]["d3ql"]["masked_choices"] for u in users)
         # exhaustive optimum on small instances (3 users, 49 actions: ~1e5 sequences each)
         small_users, n_inst = (2, 3) if q else (3, 10)
@@ -117,10 +153,19 @@ def main(argv=None) -> int:
         if q:
             del combos["oracle_d3pg"]
         users = users if q else [2, 3, 4, 5, 6]            # evaluated on these (3 and 5 not trained on)
-        per = {u: {n: evaluate_caching(cenv, c, a, episodes, held, u) for n, (c, a) in combos.items()} for u in users}
+        def caching(c, a, u):
+            res = pooled(lambda sd: evaluate_caching(cenv, c, a, 1, sd, u), episodes, held, "frames",
+                         ("reward", "latency_s", "late_rate", "quality"))
+            scale = cenv.S * u  # reward per request = frame reward / (slots x users), as evaluate_caching
+            res["reward_per_request"] = res["reward"] / scale
+            res["reward_per_request_ci95"] = [v / scale for v in res["reward_ci95"]]
+            return res
+
+        per = {u: {n: caching(c, a, u) for n, (c, a) in combos.items()} for u in users}
         plot_vs_users({n: [per[u][n]["reward_per_request"] for u in users] for n in combos}, users,
                       os.path.join(args.out, "caching_vs_users.png"), "reward per request")
-        out["caching"] = {str(u): {n: {k: round(r[k], 4) for k in ("reward_per_request", "late_rate", "quality")}
+        out["caching"] = {str(u): {n: {**{k: round(r[k], 4) for k in ("reward_per_request", "late_rate", "quality")},
+                                       "reward_per_request_ci95": [round(v, 4) for v in r["reward_per_request_ci95"]]}
                                    for n, r in d.items()} for u, d in per.items()}
         # allocation alone on small slots (3 active users): D3PG vs equal vs grid-search optimum
         slot_env = ResourceAllocation(cacher=lfu_cache, **{**cenv.init_kwargs, "num_users": 3, "max_users": max(users),
@@ -152,6 +197,12 @@ def main(argv=None) -> int:
         tg["d3pg>equal_small"] = out["allocation_small"]["d3pg"] > out["allocation_small"]["equal"]
         tg["t2drl_train_cpu<600s"] = out["t2drl_train_cpu_s"] < 600
     out["targets"] = tg
+    out["interval"] = ("reward_ci95 / reward_per_request_ci95: 95% Student-t interval over the per-episode mean "
+                       "rewards (one held-out seed per episode; splitldm.eval.stats.t_interval); the figures "
+                       "themselves are pooled over all requests / frames of the episodes")
+    from splitldm.eval.provenance import provenance
+
+    out["provenance"] = provenance(vars(args), {"training": args.seed, "evaluation": held}, None, [])
     out["wall_s"] = round(time.time() - t_start, 1)
     out["cpu_s"] = round(time.process_time(), 1)
     print(json.dumps(out, default=lambda v: round(v, 4) if isinstance(v, float) else str(v)))
