@@ -3,9 +3,10 @@
 ``denoise(jobs)`` runs text encoding and steps ``[0, k)`` once for the whole batch (the requests'
 prompts stacked, each request's initial noise drawn from its own seed) and splits the result back into
 one `Payload` per request; ``forward(job, payload)`` runs that request's link send half (merge, codec,
-emulated channel, with the request's own link generator) and packs the compact frame. A multi-hop ES
-overrides ``denoise`` to run steps ``[a, b)`` from a received payload, and ``forward`` to pass the
-payload on to the next node.
+emulated channel, with the request's own link generator) and packs the compact frame. A chain node
+(`splitldm.serve.chain.ChainRunner`, LEARN-GDM) overrides ``denoise`` to run each job's first block
+``[0, a)``, ``forward`` to pass the payload on to the next node (the last node applies this
+``forward``), and ``run`` for received hops (steps ``[a, b)`` by `SplitPipeline.relay`).
 
 Where the channel is emulated: in ``forward``, on the ES, by the channel stage's ``send`` with
 ``torch.Generator().manual_seed(request.link_seed)`` (the SNR the UE reported plus the choice's power
