@@ -257,7 +257,8 @@ class RemoteEdge:
 
         Keyword arguments: ``seed`` (initial noise), ``link_seed`` (link randomness), ``snr_db`` (the
         UE's channel report), ``steps``, ``guidance_scale``, ``height``, ``width``, ``negative_prompt``,
-        ``split_step`` / ``merge_ratio`` (None: the ES's rule), ``fading`` (reported ``[re, im]``).
+        ``split_step`` / ``merge_ratio`` (None: the ES's rule), ``fading`` (the reported per-block gains
+        ``[re_0, im_0, ..., re_{M-1}, im_{M-1}]``, e.g. `splitldm.serve.session.fading_report`).
         """
         received = self.request(prompt, progress=progress, **kwargs)
         return RemoteOutput(self.finish(received, output_type), received)
