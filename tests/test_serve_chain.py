@@ -195,6 +195,7 @@ def test_bad_hops_are_refused_with_the_field_named(nodes, pipe):
             (_hop_body(ue, pipe, stop=2), 400, "stop"),  # the last stop must be the split step
             (_hop_body(ue, pipe, stop=3, hops=[["ftp://x", 3]]), 400, "hops"),
             (_hop_body(ue, pipe, stop=3, choice={"split_step": 3}), 400, "choice"),
+            (_hop_body(ue, pipe, stop=3, request=[1, 2]), 400, "request"),
         ]
         for body, status, field in cases:
             r = httpx.post(url, content=body, headers=auth, timeout=60)

@@ -505,6 +505,8 @@ class ChainService(EdgeService):
             if hs.codec.get("fingerprint") != mine.codec["fingerprint"]:
                 raise _HTTPError(409, "codec", f"codec: the access node's codec {hs.codec.get('fingerprint')!r} "
                                                f"differs from this node's {mine.codec['fingerprint']!r}")
+            if not isinstance(header["request"], dict):
+                raise WireError("request", "expected a JSON object")
             request = EdgeRequest.from_dict(header["request"], max_prompts=self.config.max_batch)
             if request.session != hs.session:
                 raise WireError("session", f"the request names session {request.session!r}, the handshake is "
