@@ -52,8 +52,8 @@ def test_every_three_hop_chain_equals_the_pipeline(micro_pipe, tiny):
         out = _chain(pipe, stops, prompts, num_inference_steps=steps)
         assert np.array_equal(out, reference), stops
     # the shipped model (zoo name "tiny"), one uneven chain
-    reference = tiny(prompts, num_inference_steps=STEPS, generator=_gen(), output_type="np").images
-    assert np.array_equal(_chain(tiny, (1, 3, 3), prompts, num_inference_steps=STEPS), reference)
+    reference = tiny(prompts[:1], num_inference_steps=STEPS, generator=_gen(), output_type="np").images
+    assert np.array_equal(_chain(tiny, (1, 3, 3), prompts[:1], num_inference_steps=STEPS), reference)
 
 
 @pytest.mark.parametrize("scheduler", ["euler-a", "dpm++"])
