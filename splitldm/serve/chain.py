@@ -28,7 +28,7 @@ record, the servers stay up.
 
 Placement (which nodes, how many steps each) is a policy, as for the single ES:
 
-* `ExplicitChain`: fixed blocks, ``serve-edge --chain URL1,URL2 --blocks 2,1,1`` (the access node
+* `ExplicitChain`: fixed blocks, ``serve-edge --chain URL1,URL2 --chain-blocks 2,1,1`` (the access node
   runs 2 steps, URL1 1, URL2 1; the split step is their sum).
 * `D3QLPlacement`: a trained `D3QL` agent on `ChainPlacement` (node 0 the access node, node i the
   i-th ``--chain`` URL) picks a node chain and a step reduction per request; its steps are cut into
