@@ -11,7 +11,7 @@ from splitldm.zoo import checkpoints_dir
 
 def _config(**kw):
     base = dict(num_prompts=2, grid_prompts=2, steps=3, split_step=1, student_steps=2, snr_db=(5.0, 15.0),
-                merge_ratios=(0.0, 0.5))
+                merge_ratios=(0.0, 0.5), draws=2)
     base.update(kw)
     return DemoConfig(**base)
 
@@ -32,6 +32,26 @@ def test_demo_without_checkpoints_says_so(tmp_path, monkeypatch):
     assert by_ratio[0.5]["digital_bits_per_image"] > by_ratio[0.0]["digital_bits_per_image"]  # the index map
     assert all(math.isfinite(e["psnr_db"]) for e in report["split"])
     assert report["central"]["bits_per_image"] == 64 * 64 * 3 * 8
+    # statistics: every point is a mean over 2 prompts x 2 draws with its intervals around it
+    for e in report["split"] + [r for r in report["references"] if r["psnr_db"] is not None]:
+        for key, mean in (("psnr", e["psnr_db"]), ("ssim", e["ssim"])):
+            ci, cp = e[f"{key}_ci"], e[f"{key}_ci_prompts"]
+            assert ci["low"] <= mean <= ci["high"] and cp["low"] <= mean <= cp["high"]
+            assert ci["method"] == "nested-draws" and cp["method"] == "nested-prompts"
+        assert len(e["psnr_per_prompt"]) == 2 and sum(e["psnr_per_prompt"]) / 2 == pytest.approx(e["psnr_db"])
+    assert all(e["psnr_ci"]["n"] == 4 for e in report["split"])
+    # reference rows: ideal link (deterministic: zero-width draw interval), analog per SNR, download per SNR
+    refs = {(r["scheme"], r["snr_db"]): r for r in report["references"]}
+    assert refs[("ideal", None)]["psnr_ci"]["half_width"] == 0.0
+    assert {("analog", 5.0), ("analog", 15.0), ("download", 5.0), ("download", 15.0)} <= set(refs)
+    assert refs[("analog", 5.0)]["channel_uses_per_image"] == 128  # 256 real values, 1/2 use each
+    assert refs[("download", 5.0)]["psnr_db"] is None
+    assert refs[("download", 15.0)]["channel_uses_per_image"] < refs[("download", 5.0)]["channel_uses_per_image"]
+    assert {"codec r=0", "codec r=0.5", "analog r=0"} <= set(report["monotone"])
+    prov = saved["provenance"]
+    assert {"versions", "seeds", "config", "feature_extractor", "git_commit", "models"} <= set(prov)
+    assert prov["config"]["draws"] == 2 and prov["models"] == {}  # nothing of the zoo was used
+    assert "| ideal link + tiny (no channel) |" in report["table"] and "generate-then-download" in report["table"]
 
 
 @pytest.mark.skipif(not (checkpoints_dir() / "tiny" / "model_index.json").exists(), reason="no shipped tiny model")
@@ -48,6 +68,20 @@ def test_demo_bad_config(tmp_path):
         run_demo(tmp_path, _config(split_step=9))
     with pytest.raises(ValueError, match="snr_db"):
         run_demo(tmp_path, _config(snr_db=(float("nan"),)))
+    for bad in (1, 0, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="draws"):
+            run_demo(tmp_path, _config(draws=bad))
+    with pytest.raises(ValueError, match="level"):
+        run_demo(tmp_path, _config(level=0.0))
+
+
+def test_demo_same_seed_same_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITLDM_CHECKPOINTS", str(tmp_path / "empty"))
+    cfg = _config(num_prompts=2, snr_db=(5.0,), merge_ratios=(0.0,), references=False)
+    a = run_demo(tmp_path / "a", cfg, log=lambda s: None)
+    b = run_demo(tmp_path / "b", cfg, log=lambda s: None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(a["split"]) == strip(b["split"]) and strip(a["references"]) == strip(b["references"])
 
 
 def test_library_plots_without_pyplot_or_backend_switch():
@@ -104,7 +138,7 @@ def test_thread_rule_and_precedence(monkeypatch):
         threads.default_threads(0)
 
 
-def test_cli_sets_threads_once_at_entry(tmp_path, monkeypatch):
+def test_cli_sets_threads_once_at_entry(tmp_path, monkeypatch, capsys):
     """`splitldm demo --threads N` sets torch's count before the work and records it in report.json."""
     import torch
 
@@ -115,8 +149,13 @@ def test_cli_sets_threads_once_at_entry(tmp_path, monkeypatch):
     try:
         assert main(["demo", "--out", str(tmp_path / "d"), "--num-prompts", "1", "--steps", "2", "--split-step", "1",
                      "--student-steps", "1", "--snr-db", "10", "--merge-ratios", "0", "--threads", "1",
+                     "--draws", "2", "--no-references",
                      "--quiet", "--no-progress"]) == 0
         assert json.loads((tmp_path / "d" / "report.json").read_text())["threads"] == 1
         assert main(["demo", "--out", str(tmp_path / "e"), "--threads", "0", "--quiet"]) == 2  # one-line error
+        capsys.readouterr()
+        assert main(["demo", "--out", str(tmp_path / "e"), "--draws", "1", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("splitldm demo: error: --draws") and "\n" not in err
     finally:
         torch.set_num_threads(before)

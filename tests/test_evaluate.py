@@ -7,7 +7,8 @@ import torch
 
 from splitldm.link.codec import SeedCodec
 from splitldm.cli import evaluate as evaluate_cmd
-from splitldm.eval.evaluate import EvalConfig, evaluate, latent_psnr, sweep
+from splitldm.analysis.limits import capacity
+from splitldm.eval.evaluate import EvalConfig, evaluate, latent_psnr, monotone_within, summarize, sweep
 
 
 class _MeanColour:
@@ -29,7 +30,7 @@ def codec_dir(tmp_path_factory):
 
 def _cfg(tmp_path, codec_dir, **kw):
     base = dict(pipeline="tiny-random", codecs=[str(codec_dir)], snr_db=[0.0, 10.0], channels=["awgn", "rayleigh"],
-                num_prompts=3, split_step=1, num_inference_steps=2, repeats=1, covariance_samples=16,
+                num_prompts=3, split_step=1, num_inference_steps=2, draws=2, covariance_samples=16,
                 fid="none", fid_real=8, output=str(tmp_path / "eval"))
     base.update(kw)
     return EvalConfig(**base)
@@ -65,6 +66,36 @@ def test_two_point_sweep_writes_json_and_png(tmp_path, codec_dir, tiny_pipe):
         assert all("config" in r for r in rows if r["scheme"] == "digital")
     else:
         assert any("digital skipped" in n for n in res["notes"])
+    # every image row: per-metric intervals (headline over draws, and over prompts) around the mean
+    for r in rows:
+        if r.get("image_psnr") is None:
+            continue
+        for m in ("image_psnr", "image_ssim", "latent_psnr"):
+            ci, cp = r[f"{m}_ci"], r[f"{m}_ci_prompts"]
+            assert ci["low"] <= r[m] <= ci["high"] and cp["low"] <= r[m] <= cp["high"], (r["scheme"], m)
+            assert ci["method"] == "nested-draws" and cp["method"] == "nested-prompts" and ci["level"] == 0.95
+            assert ci["mean"] == pytest.approx(r[m])
+        assert len(r["image_psnr_per_prompt"]) == 3
+        assert sum(r["image_psnr_per_prompt"]) / 3 == pytest.approx(r["image_psnr"])
+        if r["scheme"] in ("analog", "codec"):
+            assert r["draws"] == 2 and r["image_psnr_ci"]["n"] == 3 * 2
+        if r["scheme"] == "separation":  # error-free: no channel randomness, zero-width draw interval
+            assert r["image_psnr_ci"]["half_width"] == 0.0
+    # reference rows: the ideal link (a same-model step split is exact: the 100 dB cap) and download
+    ideal = [r for r in rows if r["scheme"] == "ideal"]
+    assert len(ideal) == 1 and ideal[0]["image_psnr"] == 100.0 and ideal[0]["latent_mse"] == 0.0
+    down = {(r["channel"], r["snr_db"]): r for r in rows if r["scheme"] == "download"}
+    assert set(down) == {(c, s) for c in ("awgn", "rayleigh") for s in (0.0, 10.0)}
+    for (ch, snr), r in down.items():
+        assert r["bits"] == 64 * 64 * 3 * 8 and r["image_psnr"] is None
+        assert r["channel_uses"] == pytest.approx(r["bits"] / float(capacity(snr, ch)))
+    assert down[("awgn", 10.0)]["channel_uses"] < down[("awgn", 0.0)]["channel_uses"]
+    prov = data["provenance"]
+    assert {"versions", "seeds", "config", "feature_extractor", "git_commit", "threads"} <= set(prov)
+    assert prov["config"]["draws"] == 2 and prov["feature_extractor"] == _MeanColour.name
+    assert prov["seeds"]["channel_first_draw"] == 100
+    assert data["statistics"]["draws"] == 2 and "nested-draws" in data["statistics"]["headline"]
+    assert set(data["monotone"]) >= {"codec awgn rho=0.125", "analog rayleigh rho=0.5"}
 
 
 def test_evaluate_split_link(tiny_pipe, codec_dir):
@@ -79,6 +110,42 @@ def test_evaluate_split_link(tiny_pipe, codec_dir):
     assert all(r["channel_uses"] == 2 * 32 and r["latent_mse"] > 0 for r in rows)
     with pytest.raises(ValueError, match="prompts"):
         evaluate(split, [], [0.0])
+    with pytest.raises(ValueError, match="repeats"):
+        evaluate(split, ["a red circle"], [0.0], repeats=0)
+
+
+def test_more_draws_shrink_the_draw_interval_and_same_seed_same_numbers(tiny_pipe, codec_dir):
+    from splitldm.link.channels import RayleighBlockFading
+    from splitldm.link.stack import Link
+    from splitldm.pipeline.split import SplitPipeline
+
+    split = SplitPipeline(tiny_pipe, split_step=1,
+                          link=Link([SeedCodec.from_pretrained(codec_dir), RayleighBlockFading(csi="mmse")]))
+    kw = dict(num_inference_steps=2, guidance_scale=2.0)
+    prompts = ["a red circle", "a blue square"]
+    few = evaluate(split, prompts, [5.0], repeats=2, **kw)[0]
+    many = evaluate(split, prompts, [5.0], repeats=12, **kw)[0]
+    for m in ("image_psnr", "latent_mse"):
+        assert many[f"{m}_ci"]["half_width"] < few[f"{m}_ci"]["half_width"], m
+        assert many[f"{m}_ci"]["n"] == 24 and few[f"{m}_ci"]["n"] == 4
+    again = evaluate(split, prompts, [5.0], repeats=2, **kw)[0]
+    assert again == few  # same seed: the same numbers, intervals included
+
+
+def test_summarize_and_monotone():
+    import numpy as np
+
+    x = np.array([[1.0, 3.0], [2.0, 6.0]])
+    st = summarize(x)
+    assert st["mean"] == 3.0 and st["per_prompt"] == [2.0, 4.0]
+    assert st["ci"]["method"] == "nested-draws" and st["ci_prompts"]["method"] == "nested-prompts"
+    one = summarize(x[:, :1], deterministic=True)
+    assert one["ci"]["half_width"] == 0.0 and one["ci"]["mean"] == 1.5
+    assert summarize(x[:, :1])["ci"] is None and summarize(x[:1])["ci_prompts"] is None
+    m = monotone_within([1.0, 0.9, 2.0, 0.5], [0.8, 0.7, 1.9, 0.4], [1.2, 1.1, 2.1, 0.6])
+    assert m == {"means_monotone": False, "monotone_within_intervals": False, "decreases": [1, 3],
+                 "significant_decreases": [3]}
+    assert monotone_within([1.0, 1.5], [0.5, 1.0], [1.5, 2.0])["means_monotone"] is True
 
 
 def test_config_errors_and_yaml(tmp_path, codec_dir):
@@ -94,6 +161,18 @@ def test_config_errors_and_yaml(tmp_path, codec_dir):
         EvalConfig.from_yaml(cfg_file)
     cfg = EvalConfig.from_yaml("configs/evaluate.yaml", output=str(tmp_path / "x"))
     assert cfg.output == str(tmp_path / "x") and cfg.snr_db[0] == -5
+    assert cfg.draws == cfg.repeats >= 2
+    assert EvalConfig(repeats=3).draws == 3 and EvalConfig(draws=5).repeats == 5  # the old name still works
+    assert EvalConfig().draws == 4
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="draws"):
+            EvalConfig(draws=bad)
+    with pytest.raises(ValueError, match="repeats"):
+        EvalConfig(repeats=0)
+    with pytest.raises(ValueError, match="draws"):
+        EvalConfig(draws=2, repeats=3)
+    with pytest.raises(ValueError, match="level"):
+        EvalConfig(level=1.0)
     assert latent_psnr(0.1, 1.0) == pytest.approx(10.0)
 
 
@@ -108,4 +187,17 @@ def test_cli_runs(tmp_path, codec_dir, tiny_pipe, monkeypatch):
         f"covariance_samples: 8\nfid: none\noutput: '{tmp_path / 'cli'}'\n")
     assert evaluate_cmd.main(["--config", str(cfg_file), "--quiet"]) == 0
     data = json.loads((tmp_path / "cli" / "results.json").read_text())
-    assert {r["scheme"] for r in data["rows"]} == {"codec", "opta"}
+    assert {r["scheme"] for r in data["rows"]} == {"codec", "opta", "ideal", "download"}
+    assert data["config"]["draws"] == 1 and data["rows"][0]["image_psnr_ci"]["half_width"] == 0.0  # ideal
+    # same config and seed: the same numbers (timings aside)
+    assert evaluate_cmd.main(["--config", str(cfg_file), "--quiet", "--output", str(tmp_path / "cli2")]) == 0
+    again = json.loads((tmp_path / "cli2" / "results.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(again["rows"]) == strip(data["rows"]) and again["reference"] == data["reference"]
+
+
+def test_cli_rejects_bad_draws(tmp_path, capsys):
+    assert evaluate_cmd.main(["--config", "configs/evaluate.yaml", "--draws", "0", "--output",
+                              str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "draws" in err and err.startswith("splitldm evaluate: error:")

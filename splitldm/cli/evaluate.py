@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--codecs", nargs="+", default=None, help="SeedCodec zoo names or folders (override the config)")
     p.add_argument("--snr-db", nargs="+", type=float, default=None, help="SNR points in dB (override)")
     p.add_argument("--num-prompts", type=int, default=None, help="held-out prompts (override)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="channel draws per prompt and point (override; >= 2 for the intervals over draws)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bar on stderr (default: when stderr is a terminal)")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("splitldm").setLevel(logging.WARNING if args.quiet else logging.INFO)
     cfg = EvalConfig.from_yaml(args.config, output=args.output, pipeline=args.pipeline, codecs=args.codecs,
-                               snr_db=args.snr_db, num_prompts=args.num_prompts)
+                               snr_db=args.snr_db, num_prompts=args.num_prompts, draws=args.draws)
     check_output_path(cfg.output, "--output" if args.output else "output", folder=True)  # before the sweep
     results = sweep(cfg, progress=args.progress and not args.quiet)
     print(json.dumps({"output": cfg.output, "rows": len(results["rows"]), "timing_s": results["timing_s"],

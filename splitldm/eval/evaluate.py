@@ -12,6 +12,24 @@ one scheme and one channel, the device finishes the generation, and we measure:
   extractor's name is stored with every number; nothing is ever downloaded);
 * ``channel_uses`` and ``bits`` that crossed (from the payload history).
 
+Statistics: every point averages over ``num_prompts`` held-out prompts and, per prompt, ``draws``
+independent channel realisations (draw ``d`` uses seed ``seed + 100 + d`` at every point: common
+random numbers). Each metric ``m`` of a row comes with ``m_ci`` (the **headline** 95 % interval,
+`splitldm.eval.stats.nested_interval` with ``over="draws"``: prompts fixed, channel random; it shrinks
+with draws and answers "do these two points differ for these prompts"), ``m_ci_prompts``
+(``over="prompts"``: adds the spread between prompts) and ``m_per_prompt`` (the ``G`` per-prompt
+means). ``latent_psnr``'s intervals are those of ``latent_mse`` mapped through `latent_psnr` (so the
+mean stays ``10 log10(sigma^2 / mean MSE)``). A deterministic row (no channel: ``ideal``,
+``separation``, a digital scheme that sends nothing) has zero-width draw intervals.
+
+Reference rows: ``ideal`` (an ideal link: the split's own cost, images against the unsplit
+pipeline's; a same-model step split is exact, so its PSNR is the 100 dB cap), and ``download``
+(generate-then-download: the ES generates the whole image and sends the 8-bit image with an ideal
+capacity-achieving code at the channel's capacity, Rayleigh: ergodic, outage ignored; the image
+arrives exactly, so the row reports channel uses and simulated latency per image, no PSNR).
+``results.json`` records the provenance (`splitldm.eval.provenance`: versions, seeds, the full
+config, the feature extractor, checkpoint hashes).
+
 Schemes: ``codec`` (a trained `SeedCodec`), ``analog`` (`AnalogLink`, uncoded, rho = 1/2),
 ``digital`` (`DigitalLink` with `best_digital_config` per SNR and channel at the codec's channel-use
 budget), ``separation`` (ideal separation: the digital quantiser at the most bits per value that a
@@ -33,21 +51,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
+from splitldm.eval.stats import Interval, nested_interval
 from splitldm.link.analog import AnalogLink
 from splitldm.link.digital import DigitalLink, best_digital_config
 from splitldm.link.channels import check_snr_db, make_channel
 from splitldm.link.separation import Separation as _Separation
 from splitldm.link.codec import SeedCodec
 from splitldm.analysis.limits import CHANNELS, latent_covariance, reverse_water_filling
+from splitldm.analysis.limits import capacity as _capacity
 from splitldm.analysis.limits import separation_bits_per_value as _separation_bits_per_value
 from splitldm.link.stack import Link, LinkStage
 from splitldm.pipeline.split import SplitPipeline
 
 SCHEMES = ("codec", "analog", "digital", "separation", "opta")
 
-__all__ = ["EvalConfig", "SCHEMES", "sweep", "evaluate", "make_channel", "plot_sweep", "latent_psnr"]
+__all__ = ["EvalConfig", "SCHEMES", "sweep", "evaluate", "make_channel", "plot_sweep", "latent_psnr",
+           "summarize", "check_draws", "monotone_within", "PSNR_CAP_DB"]
+
+#: Identical images have an infinite PSNR; it is capped here (dB) so that means stay finite.
+PSNR_CAP_DB = 100.0
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +91,10 @@ class EvalConfig:
         csi: receiver equalisation of both channels (``mmse`` as the codec was trained with).
         num_prompts, split, prompt_seed: held-out prompts (`splitldm.eval.data.prompts_for`).
         split_step, num_inference_steps, guidance_scale: the generation being split.
-        repeats: independent channel realisations per point (Rayleigh needs several fades).
+        draws: independent channel realisations per prompt and point (>= 2 for an interval over
+            draws; 1 leaves the rows' ``*_ci`` at None). ``repeats``: its old name, still read
+            (give one of the two, or both equal).
+        level: confidence level of the intervals (0.95).
         covariance_samples: latents used to measure the covariance for OPTA.
         fid: ``"classifier"`` (offline classifier-FID with the zoo's ``classifier``), ``"none"``,
             or a local Inception-v3 weights file (``.pth``); fid_real: real images it compares with.
@@ -87,7 +115,9 @@ class EvalConfig:
     split_step: int = 4
     num_inference_steps: int = 8
     guidance_scale: float = 3.0
-    repeats: int = 2
+    draws: int | None = None
+    repeats: int | None = None
+    level: float = 0.95
     covariance_samples: int = 512
     fid: str = "classifier"
     fid_real: int = 256
@@ -105,7 +135,17 @@ class EvalConfig:
             raise ValueError(f"snr_db: expected a non-empty list of finite numbers (dB), got {self.snr_db!r}")
         for s in self.snr_db:  # the library's one SNR range rule (splitldm.link.channels.SNR_DB_RANGE)
             check_snr_db(s, "snr_db")
-        for name in ("num_prompts", "repeats", "covariance_samples", "num_inference_steps"):
+        for name in ("draws", "repeats"):
+            if getattr(self, name) is not None:
+                check_draws(getattr(self, name), name)
+        if self.draws is not None and self.repeats is not None and self.draws != self.repeats:
+            raise ValueError(f"draws: {self.draws!r} differs from its old name repeats: {self.repeats!r}; give one")
+        value = self.draws if self.draws is not None else self.repeats
+        name = "draws" if self.draws is not None or self.repeats is None else "repeats"
+        self.draws = self.repeats = check_draws(4 if value is None else value, name)
+        if isinstance(self.level, bool) or not isinstance(self.level, (int, float)) or not 0 < self.level < 1:
+            raise ValueError(f"level: expected a confidence level in (0, 1), got {self.level!r}")
+        for name in ("num_prompts", "covariance_samples", "num_inference_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
@@ -134,6 +174,58 @@ class EvalConfig:
 def latent_psnr(mse: float, variance: float) -> float:
     """``10 log10(variance / mse)`` in dB (inf for mse = 0)."""
     return float("inf") if mse <= 0 else 10.0 * math.log10(variance / mse)
+
+
+def check_draws(value: Any, name: str = "draws", minimum: int = 1) -> int:
+    """``value`` as a number of channel draws: an int >= ``minimum``; else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum} (channel draws per prompt), got {value!r}")
+    return int(value)
+
+
+def summarize(values, level: float = 0.95, deterministic: bool = False) -> dict[str, Any]:
+    """Mean and intervals of a ``[G prompts, D draws]`` table of one metric (units of the values).
+
+    Returns ``{"mean", "ci", "ci_prompts", "per_prompt"}``: ``ci`` is the headline interval over
+    channel draws (`nested_interval` ``over="draws"``; zero-width when ``deterministic``, i.e. the
+    row has no channel randomness; None when ``D == 1`` otherwise), ``ci_prompts`` the interval over
+    prompts (None for one prompt), both as `Interval.to_dict`; ``per_prompt`` the ``G`` row means.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2:
+        raise ValueError(f"values: expected a [prompts, draws] table, got shape {x.shape}")
+    g, d = x.shape
+    m = float(x.mean())
+    if d >= 2:
+        ci = nested_interval(x, level, over="draws").to_dict()
+    elif deterministic:
+        ci = Interval(m, m, m, int(x.size), float(level), "nested-draws").to_dict()
+    else:
+        ci = None
+    ci_prompts = nested_interval(x, level, over="prompts").to_dict() if g >= 2 else None
+    return {"mean": m, "ci": ci, "ci_prompts": ci_prompts, "per_prompt": [float(v) for v in x.mean(axis=1)]}
+
+
+def _psnr_interval(ci: dict | None, variance: float) -> dict | None:
+    """An interval of the latent MSE mapped through `latent_psnr` (decreasing: the ends swap)."""
+    if ci is None:
+        return None
+    lp = lambda mse: min(PSNR_CAP_DB, latent_psnr(mse, variance))  # noqa: E731
+    return Interval(lp(ci["mean"]), lp(ci["high"]), lp(max(ci["low"], 0.0)), ci["n"], ci["level"],
+                    ci["method"]).to_dict()
+
+
+def monotone_within(means: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict[str, Any]:
+    """Is a curve (points in increasing SNR) monotone non-decreasing, and within its intervals?
+
+    ``means_monotone``: every mean >= the previous one. ``monotone_within_intervals``: no point's
+    interval lies wholly below the previous point's (no decrease the intervals resolve).
+    ``decreases``: indices ``i`` where ``means[i] < means[i - 1]``.
+    """
+    dec = [i for i in range(1, len(means)) if means[i] < means[i - 1]]
+    sig = [i for i in dec if highs[i] < lows[i - 1]]
+    return {"means_monotone": not dec, "monotone_within_intervals": not sig, "decreases": dec,
+            "significant_decreases": sig}
 
 
 def _images_pt(images) -> torch.Tensor:
@@ -195,10 +287,14 @@ class _Bench:
 
 
 def _point(bench: _Bench, stages_fn: Callable[[], list[LinkStage]], snr: float, repeats: int, seed: int,
-           variance: float, images: bool = True) -> dict[str, Any]:
-    """Average metrics over ``repeats`` channel realisations (seeds ``seed .. seed + repeats - 1``)."""
+           variance: float, images: bool = True, level: float = 0.95, deterministic: bool = False,
+           reference: torch.Tensor | None = None) -> dict[str, Any]:
+    """Metrics over ``repeats`` channel draws per prompt (seeds ``seed .. seed + repeats - 1``): means,
+    intervals and per-prompt means (see the module docstring). ``reference``: the images the PSNR /
+    SSIM are measured against (default ``bench.reference``, the ideal-link images)."""
     from splitldm.eval.metrics import fid, psnr, ssim
 
+    reference = bench.reference if reference is None else reference
     ses, ps, ss, imgs, summary = [], [], [], [], None
     for r in range(repeats):
         res = bench.run(stages_fn(), snr, torch.Generator().manual_seed(seed + r), images)
@@ -206,15 +302,22 @@ def _point(bench: _Bench, stages_fn: Callable[[], list[LinkStage]], snr: float, 
         summary = res["summary"]
         if images:
             imgs.append(res["images"])
-            p = psnr(res["images"], bench.reference)
-            ps.append(p.clamp(max=100.0))  # identical images give +inf; cap so means stay finite
-            ss.append(ssim(res["images"], bench.reference))
-    mse = float(torch.cat(ses).mean())
-    row = {"latent_mse": mse, "latent_psnr": latent_psnr(mse, variance),
-           "channel_uses": summary["channel_uses"], "bits": summary["bits"]}
+            p = psnr(res["images"], reference)
+            ps.append(p.clamp(max=PSNR_CAP_DB))  # identical images give +inf; cap so means stay finite
+            ss.append(ssim(res["images"], reference))
+    se = summarize(torch.stack(ses, 1).double().numpy(), level, deterministic)  # [G, D]
+    mse = se["mean"]
+    row = {"latent_mse": mse, "latent_psnr": min(PSNR_CAP_DB, latent_psnr(mse, variance)),
+           "latent_mse_ci": se["ci"], "latent_mse_ci_prompts": se["ci_prompts"],
+           "latent_psnr_ci": _psnr_interval(se["ci"], variance),
+           "latent_psnr_ci_prompts": _psnr_interval(se["ci_prompts"], variance),
+           "latent_mse_per_prompt": se["per_prompt"],
+           "draws": repeats, "channel_uses": summary["channel_uses"], "bits": summary["bits"]}
     if images:
-        row["image_psnr"] = float(torch.cat(ps).mean())
-        row["image_ssim"] = float(torch.cat(ss).mean())
+        for key, tables in (("image_psnr", ps), ("image_ssim", ss)):
+            st = summarize(torch.stack(tables, 1).double().numpy(), level, deterministic)
+            row[key], row[f"{key}_ci"], row[f"{key}_ci_prompts"] = st["mean"], st["ci"], st["ci_prompts"]
+            row[f"{key}_per_prompt"] = st["per_prompt"]
         if bench.extractor is not None and bench.real_images is not None:
             row["fid"] = fid(bench.real_images, torch.cat(imgs), bench.extractor)["fid"]
     return row
@@ -271,17 +374,44 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     digital_ok = True
+    D, level = cfg.draws, cfg.level
+    if D < 2:
+        notes.append("draws = 1: no interval over channel draws (the rows' *_ci are None); use draws >= 2")
 
     def add(scheme, channel, rho, snr, row, **extra):
-        row = {"scheme": scheme, "channel": channel, "rho": rho, "snr_db": float(snr), **extra, **row}
+        row = {"scheme": scheme, "channel": channel, "rho": rho, "snr_db": None if snr is None else float(snr),
+               **extra, **row}
         rows.append(row)
-        msg = f"  {scheme:10s} {channel:8s} rho={rho:.4g} snr={snr:5.1f} dB: latent PSNR {row['latent_psnr']:6.2f} dB"
-        if "image_psnr" in row:
-            msg += f", image PSNR {row['image_psnr']:6.2f} dB, SSIM {row['image_ssim']:.3f}"
+        pm = lambda key: (f" +- {row[key + '_ci']['half_width']:.2f}"  # noqa: E731
+                          if row.get(key + "_ci") is not None else "")
+        where = (f"{channel:8s} (no channel)" if snr is None else
+                 f"{channel:8s} snr={snr:5.1f} dB" if rho is None else f"{channel:8s} rho={rho:.4g} snr={snr:5.1f} dB")
+        msg = f"  {scheme:10s} {where}: "
+        if row.get("latent_psnr") is not None:
+            msg += f"latent PSNR {row['latent_psnr']:6.2f}{pm('latent_psnr')} dB, "
+        if row.get("image_psnr") is not None:
+            msg += f"image PSNR {row['image_psnr']:6.2f}{pm('image_psnr')} dB, SSIM {row['image_ssim']:.3f}"
+        if scheme == "download":
+            msg += f"{row['channel_uses']:.0f} channel uses per image"
         say(msg)
 
     seed = cfg.seed + 100
     from tqdm.auto import tqdm
+
+    # the ideal link: the split's own cost, against the unsplit pipeline's images (same prompts and seed)
+    central = _images_pt(pipe(prompts, generator=torch.Generator().manual_seed(cfg.seed), output_type="pt",
+                              **bench.gen_kwargs).images)
+    add("ideal", "none", None, None, _point(bench, lambda: [], 0.0, 1, seed, variance, level=level,
+                                            deterministic=True, reference=central),
+        note="ideal link, images against the unsplit pipeline's (a same-model step split is exact: 100 dB cap)")
+    image_bits = int(math.prod(bench.reference.shape[1:])) * 8
+    try:
+        from splitldm.analysis.costs import download_cost, model_flops
+
+        flops = model_flops(cfg.pipeline) if isinstance(cfg.pipeline, str) else None
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
+        flops = None
+        notes.append(f"download latency not simulated: {exc}")
 
     bar = tqdm(total=len(cfg.channels) * len(cfg.snr_db), desc="evaluate", unit="point", disable=not progress)
     for channel in cfg.channels:
@@ -297,8 +427,8 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                                                     "channel_uses": k, "bits": None})
                 for codec in (c for c in codecs if float(c.config.rho) == rho):
                     add("codec", channel, rho, snr,
-                        _point(bench, lambda: [codec, make_channel(channel, csi=cfg.csi)], snr, cfg.repeats, seed,
-                               variance))
+                        _point(bench, lambda: [codec, make_channel(channel, csi=cfg.csi)], snr, D, seed,
+                               variance, level=level))
                 if "digital" in cfg.schemes and digital_ok:
                     try:
                         dcfg = best_digital_config(snr, k, n_values, covariance=cov,
@@ -312,22 +442,41 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                             "bits_per_symbol": dcfg.bits_per_symbol, "num_components": dcfg.num_components,
                             "codeword_bits": dcfg.codeword_bits}
                     if dcfg.bits_per_value == 0:  # no scheme fits the budget: nothing sent, receiver uses the mean
-                        row = _point(bench, lambda: [_Separation(0)], snr, 1, seed, variance)
+                        row = _point(bench, lambda: [_Separation(0)], snr, 1, seed, variance, level=level,
+                                     deterministic=True)
                         row["channel_uses"] = 0
                     else:
-                        row = _point(bench, lambda: [DigitalLink(config=dcfg, covariance=cov), make_channel(channel, csi=cfg.csi)], snr,
-                                     cfg.repeats, seed, variance)
+                        row = _point(bench, lambda: [DigitalLink(config=dcfg, covariance=cov),
+                                                     make_channel(channel, csi=cfg.csi)], snr, D, seed, variance,
+                                     level=level)
                     add("digital", channel, rho, snr, row, config=info)
                 if "separation" in cfg.schemes:
                     b = _separation_bits_per_value(k, n_values, snr, channel)
-                    row = _point(bench, lambda: [_Separation(b)], snr, 1, seed, variance)
+                    row = _point(bench, lambda: [_Separation(b)], snr, 1, seed, variance, level=level,
+                                 deterministic=True)
                     row["channel_uses"] = k
                     add("separation", channel, rho, snr, row, config={"bits_per_value": b})
             if "analog" in cfg.schemes:
                 add("analog", channel, 0.5, snr,
-                    _point(bench, lambda: [AnalogLink(), make_channel(channel, csi=cfg.csi)], snr, cfg.repeats, seed,
-                           variance))
+                    _point(bench, lambda: [AnalogLink(), make_channel(channel, csi=cfg.csi)], snr, D, seed,
+                           variance, level=level))
+            uses = image_bits / float(_capacity(snr, channel))
+            add("download", channel, None, snr, {
+                "image_psnr": None, "latent_psnr": None, "channel_uses": uses, "bits": image_bits,
+                "simulated_latency_s": None if flops is None else download_cost(
+                    flops, cfg.num_inference_steps, float(snr), image_bits=image_bits).latency_s},
+                note=("generate-then-download: the 8-bit image at the channel's capacity (Rayleigh: ergodic, "
+                      "outage ignored); exact, so no PSNR"))
     bar.close()
+    monotone = {}
+    for key in sorted({(r["scheme"], r["channel"], r["rho"]) for r in rows if r.get("image_psnr_ci")},
+                      key=str):
+        pts = sorted((r for r in rows if (r["scheme"], r["channel"], r["rho"]) == key and r["snr_db"] is not None),
+                     key=lambda r: r["snr_db"])
+        if len(pts) > 1:
+            monotone[f"{key[0]} {key[1]} rho={key[2]:g}"] = monotone_within(
+                [r["image_psnr"] for r in pts], [r["image_psnr_ci"]["low"] for r in pts],
+                [r["image_psnr_ci"]["high"] for r in pts])
 
     results = {
         "config": asdict(cfg),
@@ -341,10 +490,27 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                               else getattr(extractor, "reason", "none")),
             "image_metrics_against": "same prompts and seeds through an ideal link",
         },
+        "statistics": {
+            "draws": D, "level": level, "prompts": len(prompts),
+            "headline": ("*_ci: nested-draws (prompts fixed, channel random; t with G(D-1) df); "
+                         "*_ci_prompts: nested-prompts (t over the G per-prompt means)"),
+        },
         "rows": rows,
+        "monotone": monotone,
         "notes": notes,
         "timing_s": round(time.time() - t0, 2),
     }
+    from splitldm import zoo
+    from splitldm.eval.provenance import provenance
+
+    used = [cfg.pipeline, *(cfg.codecs if "codec" in cfg.schemes else [])]
+    if bench.extractor is not None and cfg.fid == "classifier":
+        used.append("classifier")
+    results["provenance"] = provenance(
+        asdict(cfg), {"generation": cfg.seed, "covariance": cfg.seed + 1, "channel_first_draw": seed,
+                      "prompts": cfg.prompt_seed},
+        results["reference"]["fid_extractor"] if bench.extractor is not None else None,
+        models=[m for m in used if zoo.is_zoo_name(m)])
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
@@ -354,28 +520,43 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
 
 
 def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
-    """PNG: latent PSNR (top, with the OPTA curve) and image PSNR (bottom) vs SNR, one column per channel."""
+    """PNG: latent PSNR (top, with the OPTA curve) and image PSNR (bottom) vs SNR, one column per channel.
+
+    Each curve is drawn at its means with the headline interval (``*_ci``, over channel draws) as error
+    bars and a shaded band; the reference rows without an SNR curve (``ideal``, ``download``) are
+    not drawn (they are in ``results.json``).
+    """
     from splitldm.eval.plotting import new_figure, save_figure
 
-    rows = results["rows"]
+    rows = [r for r in results["rows"] if r["scheme"] in SCHEMES]
     channels = sorted({r["channel"] for r in rows}, key=lambda c: CHANNELS.index(c))
     fig, axes = new_figure(2, len(channels), figsize=(5.5 * len(channels), 7.5))
     styles = {"codec": "o-", "digital": "s--", "separation": "^:", "analog": "d-.", "opta": "k-"}
+    cap = 60.0
     for j, ch in enumerate(channels):
         for i, metric in enumerate(("latent_psnr", "image_psnr")):
             ax = axes[i][j]
-            keys = sorted({(r["scheme"], r["rho"]) for r in rows if r["channel"] == ch and metric in r},
+            keys = sorted({(r["scheme"], r["rho"]) for r in rows if r["channel"] == ch and r.get(metric) is not None},
                           key=lambda t: (SCHEMES.index(t[0]), t[1]))
             for scheme, rho in keys:
-                pts = sorted((r["snr_db"], r[metric]) for r in rows
-                             if r["channel"] == ch and r["scheme"] == scheme and r["rho"] == rho and metric in r)
-                xs, ys = zip(*pts)
+                pts = sorted((r for r in rows if r["channel"] == ch and r["scheme"] == scheme and r["rho"] == rho
+                              and r.get(metric) is not None), key=lambda r: r["snr_db"])
+                xs = [r["snr_db"] for r in pts]
+                ys = [min(r[metric], cap) for r in pts]
                 label = f"{'OPTA (RWF)' if scheme == 'opta' else scheme} rho={rho:.3g}"
-                ax.plot(xs, [min(y, 60.0) for y in ys], styles.get(scheme, "o-"), label=label,
-                        alpha=0.6 if scheme == "opta" and rho != keys[0][1] else 1.0)
+                line, = ax.plot(xs, ys, styles.get(scheme, "o-"), label=label,
+                                alpha=0.6 if scheme == "opta" and rho != keys[0][1] else 1.0)
+                cis = [r.get(f"{metric}_ci") for r in pts]
+                if all(c is not None for c in cis):
+                    lo = [min(c["low"], cap) for c in cis]
+                    hi = [min(c["high"], cap) for c in cis]
+                    ax.errorbar(xs, ys, yerr=[[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]],
+                                fmt="none", ecolor=line.get_color(), capsize=3)
+                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
             ax.set_xlabel("SNR (dB)")
-            ax.set_ylabel("latent PSNR (dB, re variance)" if metric == "latent_psnr"
-                          else "image PSNR vs ideal link (dB)")
+            level = results.get("statistics", {}).get("level", 0.95)
+            ax.set_ylabel(("latent PSNR (dB, re variance)" if metric == "latent_psnr"
+                           else "image PSNR vs ideal link (dB)") + f", {level:.0%} CI")
             ax.set_title(f"{ch}: {metric.replace('_', ' ')}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -383,14 +564,17 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
 
 
 def evaluate(split: SplitPipeline, prompts: Sequence[str], snr_db: Sequence[float], *, repeats: int = 1,
-             seed: int = 0, **gen_kwargs) -> list[dict[str, Any]]:
+             seed: int = 0, level: float = 0.95, **gen_kwargs) -> list[dict[str, Any]]:
     """Measure ``split``'s own link at each SNR (its channel stage must take the SNR from the context,
     i.e. be built with ``snr_db=None``).
 
     Returns one dict per SNR: ``snr_db``, ``latent_mse``, ``latent_psnr``, ``image_psnr``,
-    ``image_ssim`` (against the same prompts and seed through an ideal link), ``channel_uses``, ``bits``.
+    ``image_ssim`` (against the same prompts and seed through an ideal link), ``channel_uses``, ``bits``,
+    and per metric its intervals and per-prompt means as in `sweep`'s rows (``repeats`` channel draws
+    per prompt; >= 2 for the intervals over draws).
     ``gen_kwargs`` go to `SplitPipeline.edge` (``num_inference_steps``, ``guidance_scale``, ...).
     """
+    repeats = check_draws(repeats, "repeats")
     if not isinstance(split, SplitPipeline):
         raise TypeError(f"split: expected a SplitPipeline, got {type(split).__name__}")
     if isinstance(prompts, str) or not prompts:
@@ -406,6 +590,6 @@ def evaluate(split: SplitPipeline, prompts: Sequence[str], snr_db: Sequence[floa
     variance = float(bench.latents.var(dim=0, unbiased=False).mean()) if len(prompts) > 1 else float(bench.latents.var())
     out = []
     for snr in snr_db:
-        row = _point(bench, lambda: list(split.link.stages), float(snr), repeats, seed + 100, variance)
+        row = _point(bench, lambda: list(split.link.stages), float(snr), repeats, seed + 100, variance, level=level)
         out.append({"snr_db": float(snr), **row})
     return out
