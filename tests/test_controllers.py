@@ -116,7 +116,7 @@ def test_ppo_lagrangian_runs_and_round_trips(tmp_path):
 
 
 def test_ppo_power_beats_random_policy(tmp_path):
-    env = SeedPower(num_blocks=4, seeds_per_episode=16, mean_snr_db=0.0)
+    env = SeedPower(num_blocks=4, seeds_per_episode=16, mean_snr_db=0.0, curve="analog-mmse")
     agent = PPO.train_on(env, PPOConfig(total_steps=4096, rollout=512, epochs=5, seed=0))
     rng = np.random.default_rng(0)
     trained = evaluate(env, lambda o, e: agent.act(o), episodes=4, seed=500)["reward"]

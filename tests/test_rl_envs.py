@@ -39,7 +39,7 @@ def test_registered():
 
     for env_id in ("splitldm/MEGRates-v0", "splitldm/MEGRatesFlat-v0", "splitldm/SeedPower-v0"):
         assert env_id in gym.registry
-    env = gym.make("splitldm/SeedPower-v0", num_blocks=4)
+    env = gym.make("splitldm/SeedPower-v0", num_blocks=4, curve="analog-mmse")
     assert env.action_space.shape == (4,)
 
 
@@ -53,7 +53,7 @@ def test_registry_is_the_one_place_and_make_env():
     assert all(env_id in gym.registry for env_id in ENV_IDS)
     env = make_env({"id": "splitldm/MEGRatesFlat-v0"})
     assert isinstance(env, MEGRates) and env.flat                    # unwrapped, fixed kwargs applied
-    assert isinstance(make_env({"id": "splitldm/SeedPower-v0", "kwargs": {"num_blocks": 3}}), SeedPower)
+    assert isinstance(make_env({"id": "splitldm/SeedPower-v0", "kwargs": {"num_blocks": 3, "curve": "analog-mmse"}}), SeedPower)
     assert gym.spec("splitldm/ModelCaching-v0").entry_point == f"{ModelCaching.__module__}:ModelCaching"
     with pytest.raises(ValueError, match="env_cfg"):
         make_env({"id": "splitldm/Nope-v0"})
@@ -160,7 +160,7 @@ def test_oracle_beats_fixed_and_respects_constraints():
 
 
 def test_seedpower_projection_and_baselines():
-    env = SeedPower(num_blocks=4, seeds_per_episode=4)
+    env = SeedPower(num_blocks=4, seeds_per_episode=4, curve="analog-mmse")
     env.reset(seed=0)
     p = env.project(np.array([1.0, 0.0, 0.0, 1.0]))
     assert p.sum() == pytest.approx(4.0) and p[1] == 0
@@ -231,7 +231,7 @@ def test_megrates_constraint_cost_avoidable_and_deep_fade():
 def test_one_evaluation_loop():
     from splitldm.rl.evaluate import rollout
 
-    env = SeedPower(num_blocks=3, seeds_per_episode=4)
+    env = SeedPower(num_blocks=3, seeds_per_episode=4, curve="analog-mmse")
     steps = list(rollout(env, equal_power, episodes=2, seed=7))
     assert [s.episode for s in steps] == [0] * 4 + [1] * 4
     assert steps[0].prior_info["gains"].shape == (3,) and "power" in steps[0].info   # reset's info, then step's

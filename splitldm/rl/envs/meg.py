@@ -8,7 +8,8 @@
   from `splitldm.analysis.costs.split_cost`, against limits (3 s, 1.8 kJ by default).
 * `SeedPower` ("splitldm/SeedPower-v0"): a seed of ``k`` complex symbols spread over ``M`` Rayleigh
   blocks with known gains; choose a power split (projected to the simplex x total power). Reward:
-  ``-log`` mean reconstruction MSE read from the codec's quality-vs-SNR curve.
+  ``-log`` reconstruction MSE of the shipped seed codec measured over blocks of different SNR
+  (`splitldm.rl.envs.power_curve`), or of a closed-form / 1-D curve.
 
 All randomness comes from ``self.np_random`` (seed it with ``reset(seed=...)``).
 """
@@ -30,6 +31,7 @@ from splitldm.analysis.costs import (
 )
 from splitldm.analysis.limits import lmmse_mse
 from splitldm.eval.quality import QualityTable
+from splitldm.rl.envs.power_curve import PowerCurve, default_power_curve
 from splitldm.zoo import checkpoints_dir
 
 __all__ = ["MEGRates", "SeedPower", "default_quality_table", "stand_in_quality_table", "analog_mmse_curve",
@@ -274,50 +276,88 @@ class SeedPower(gym.Env):
     spread evenly over ``num_blocks`` blocks with Rayleigh power gains ``g_m ~ Exp(1)``.
     Action: ``a`` in ``[0, 1]^M``, projected to ``p = M a / sum(a)`` (mean power 1 per block, the
     total power budget; ``a = 0`` means equal power). Block ``m`` sees ``SNR_m = p_m g_m SNR_mean``.
-    Reward: ``-log mean_m MSE(SNR_m)`` from ``curve`` (``{"snr_db": [...], "mse": [...]}`` measured
-    for the codec, interpolated in log-MSE; zero power gives MSE 1, the source variance).
-    Observation: ``10 log10 g_m / 10``, clipped to [-4, 2].
+    Reward: ``-log MSE(SNR_1..SNR_M)``, the seed's normalised reconstruction MSE, from ``curve``:
+
+    * ``"codec"`` (default; None is the same): the shipped seed codec's measured MSE when its ``k = 32``
+      symbols cross ``M = 8`` blocks of these SNRs (`splitldm.rl.envs.power_curve.PowerCurve`, the
+      table ``checkpoints/power-curve/seed-codec-8.json``: measured draws and a fitted surrogate; the
+      decoder is not additive over blocks, see that module). Needs ``num_blocks`` = the table's.
+    * a `PowerCurve` or a path to one (JSON with ``"format": "splitldm.power-curve/1"``).
+    * ``"analog-mmse"``: the closed form of an uncoded Gaussian seed with MMSE, ``1 / (1 + SNR)``
+      per block (`analog_mmse_curve`), averaged over blocks.
+    * a 1-D curve ``{"snr_db": [...], "mse": [...]}`` (or a path to its JSON): the additive model
+      ``mean_m MSE(SNR_m)``, interpolated in log-MSE; zero power gives MSE 1, the source variance.
+
+    ``seed_symbols`` (None: the codec table's ``k``, else 512) only sets the airtime in ``info["cost"]``.
+    Observation: ``log10 g_m``, clipped to [-4, 2].
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, num_blocks: int = 8, seed_symbols: int = 512, mean_snr_db: float = 5.0,
-                 curve: Mapping[str, Sequence[float]] | str | Path | None = None, seeds_per_episode: int = 16,
-                 bandwidth_hz: float = 1e6, tx_power_dbm: float = 30.0):
+    def __init__(self, num_blocks: int = 8, seed_symbols: int | None = None, mean_snr_db: float = 5.0,
+                 curve: "PowerCurve | Mapping[str, Sequence[float]] | str | Path | None" = "codec",
+                 seeds_per_episode: int = 16, bandwidth_hz: float = 1e6, tx_power_dbm: float = 30.0):
         super().__init__()
-        if not isinstance(num_blocks, int) or num_blocks < 1:
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(f"num_blocks: expected an int >= 1, got {num_blocks!r}")
-        if not isinstance(seed_symbols, int) or seed_symbols < num_blocks:
-            raise ValueError(f"seed_symbols: expected an int >= num_blocks, got {seed_symbols!r}")
         if not isinstance(seeds_per_episode, int) or seeds_per_episode < 1:
             raise ValueError(f"seeds_per_episode: expected an int >= 1, got {seeds_per_episode!r}")
-        if not math.isfinite(mean_snr_db):
+        if not isinstance(mean_snr_db, (int, float)) or not math.isfinite(mean_snr_db):
             raise ValueError(f"mean_snr_db: expected a finite SNR in dB, got {mean_snr_db!r}")
         self.bandwidth_hz = _check_positive("bandwidth_hz", bandwidth_hz)
-        self.M, self.k, self.mean_snr_db = num_blocks, seed_symbols, float(mean_snr_db)
+        self.M, self.mean_snr_db = num_blocks, float(mean_snr_db)
         self.seeds_per_episode = seeds_per_episode
         self.tx_power_w = 10 ** (tx_power_dbm / 10) / 1000
-        if curve is None:
+        self.power_curve: PowerCurve | None = None
+        if curve is None or isinstance(curve, str) and curve == "codec":
+            self.power_curve = default_power_curve()
+        elif isinstance(curve, PowerCurve):
+            self.power_curve = curve
+        elif isinstance(curve, str) and curve == "analog-mmse":
             curve = analog_mmse_curve()
         elif isinstance(curve, (str, Path)):
             import json
 
-            curve = json.loads(Path(curve).read_text())
-        if not isinstance(curve, Mapping) or "snr_db" not in curve or "mse" not in curve:
-            raise ValueError("curve: expected a mapping with 'snr_db' and 'mse' lists")
-        x, y = np.asarray(curve["snr_db"], float), np.asarray(curve["mse"], float)
-        if x.ndim != 1 or x.shape != y.shape or len(x) < 2 or np.any(np.diff(x) <= 0) or np.any(y <= 0) \
-                or not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)):
-            raise ValueError("curve: 'snr_db' must increase strictly and 'mse' be positive, same length >= 2")
-        self.curve_snr_db, self.curve_log_mse = x, np.log(y)
-        self.curve_source = str(curve.get("source", "given"))
+            path = Path(curve)
+            if not path.is_file():
+                raise FileNotFoundError(f"curve: no file at {path} (or use 'codec' / 'analog-mmse')")
+            data = json.loads(path.read_text())
+            if isinstance(data, Mapping) and "format" in data:
+                self.power_curve = PowerCurve.from_dict(data)
+            else:
+                curve = data
+        if self.power_curve is not None:
+            if self.power_curve.num_blocks != num_blocks:
+                raise ValueError(f"curve: the codec table was measured for {self.power_curve.num_blocks} blocks, "
+                                 f"num_blocks is {num_blocks} (use curve='analog-mmse' or a 1-D curve)")
+            self.curve_source = str(self.power_curve.meta.get("source", "power curve"))
+            self.curve_snr_db = self.curve_log_mse = None
+            default_k = int(self.power_curve.meta.get("symbols_per_latent", 512))
+        else:
+            if not isinstance(curve, Mapping) or "snr_db" not in curve or "mse" not in curve:
+                raise ValueError("curve: expected 'codec', 'analog-mmse', a PowerCurve, a path, or a mapping "
+                                 "with 'snr_db' and 'mse' lists")
+            x, y = np.asarray(curve["snr_db"], float), np.asarray(curve["mse"], float)
+            if x.ndim != 1 or x.shape != y.shape or len(x) < 2 or np.any(np.diff(x) <= 0) or np.any(y <= 0) \
+                    or not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)):
+                raise ValueError("curve: 'snr_db' must increase strictly and 'mse' be positive, same length >= 2")
+            self.curve_snr_db, self.curve_log_mse = x, np.log(y)
+            self.curve_source = str(curve.get("source", "given"))
+            default_k = 512
+        seed_symbols = default_k if seed_symbols is None else seed_symbols
+        if isinstance(seed_symbols, bool) or not isinstance(seed_symbols, int) or seed_symbols < num_blocks:
+            raise ValueError(f"seed_symbols: expected an int >= num_blocks, got {seed_symbols!r}")
+        self.k = seed_symbols
         self.action_space = spaces.Box(0.0, 1.0, shape=(num_blocks,), dtype=np.float32)
         self.observation_space = spaces.Box(-4.0, 2.0, shape=(num_blocks,), dtype=np.float32)
         self._g = np.ones((seeds_per_episode, num_blocks))
         self._t = 0
 
     def mse(self, snr_db: np.ndarray) -> np.ndarray:
-        """Curve MSE at ``snr_db`` (clamped to the curve's ends; ``-inf`` dB -> 1)."""
+        """Per-block MSE of a 1-D curve at ``snr_db`` (clamped to the curve's ends; ``-inf`` dB -> 1).
+        With a codec table (not additive over blocks) use `seed_mse`."""
+        if self.power_curve is not None:
+            raise ValueError("curve: a codec PowerCurve has no per-block MSE; use seed_mse(block_snr_db)")
         s = np.asarray(snr_db, float)
         out = np.exp(np.interp(np.clip(s, self.curve_snr_db[0], self.curve_snr_db[-1]), self.curve_snr_db, self.curve_log_mse))
         return np.where(np.isneginf(s), 1.0, out)
@@ -335,20 +375,50 @@ class SeedPower(gym.Env):
         s = a.sum()
         return np.ones(self.M) if s <= 0 else self.M * a / s
 
+    def seed_mse(self, block_snr_db: np.ndarray) -> np.ndarray:
+        """The seed's normalised MSE for block SNRs ``(..., M)`` in dB (``-inf``: no power); shape ``(...)``."""
+        s = np.asarray(block_snr_db, float)
+        if self.power_curve is not None:
+            return self.power_curve.mse_of(s)
+        return self.mse(s).mean(-1)
+
     def reward_of(self, power: np.ndarray, gains: np.ndarray) -> float:
-        """``-log mean MSE`` for block powers ``power`` (mean 1) and power gains ``gains``."""
+        """``-log MSE`` of the seed for block powers ``power`` (mean 1) and power gains ``gains`` (M,)."""
         with np.errstate(divide="ignore"):
             snr = self.mean_snr_db + 10 * np.log10(np.asarray(power, float) * np.asarray(gains, float))
-        return float(-np.log(self.mse(snr).mean()))
+        return float(-np.log(self.seed_mse(snr)))
 
     @property
     def gains(self) -> np.ndarray:
         return self._g[min(self._t, self.seeds_per_episode - 1)]
 
+    def observe(self, gains: np.ndarray) -> np.ndarray:
+        """Observation(s) of power gains ``(..., M)``: ``log10 g`` clipped to [-4, 2], float32."""
+        return np.clip(np.log10(np.maximum(np.asarray(gains, float), 1e-12)), -4.0, 2.0).astype(np.float32)
+
     def _obs(self) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            obs = np.log10(np.maximum(self.gains, 1e-12))
-        return np.clip(obs, -4.0, 2.0).astype(np.float32)
+        return self.observe(self.gains)
+
+    def bandit_batch(self, n: int, seed: int):
+        """``n`` independent seeds at once, for on-policy training with discount 0 (each seed is its own
+        episode of a contextual bandit): returns ``(obs, reward)``, the observations ``(n, M)`` of gains
+        drawn with ``numpy.random.default_rng(seed)`` (``Exp(1)``, as `reset` draws them) and a function
+        mapping actions ``(n, M)`` in [0, 1] to the rewards ``(n,)`` `step` would give."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected an int >= 1, got {n!r}")
+        gains = np.random.default_rng(seed).exponential(1.0, size=(n, self.M))
+
+        def reward(actions: np.ndarray) -> np.ndarray:
+            a = np.clip(np.asarray(actions, float), 0.0, 1.0)
+            if a.shape != gains.shape:
+                raise ValueError(f"actions: expected shape {gains.shape}, got {a.shape}")
+            total = a.sum(-1, keepdims=True)
+            p = np.where(total > 0, self.M * a / np.where(total > 0, total, 1.0), 1.0)
+            with np.errstate(divide="ignore"):
+                snr = self.mean_snr_db + 10 * np.log10(p * gains)
+            return -np.log(self.seed_mse(snr))
+
+        return self.observe(gains), reward
 
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None):
         super().reset(seed=seed)

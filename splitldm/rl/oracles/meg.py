@@ -94,7 +94,9 @@ def water_filling(obs, env) -> np.ndarray:
 
 
 def oracle_power(obs, env) -> np.ndarray:
-    """The power split maximising the environment's reward for the current gains (SLSQP, several starts)."""
+    """The power split maximising the environment's reward for the current gains (SLSQP from equal
+    power, water-filling, channel inversion, and inversion with the 1-3 weakest blocks off; never
+    below equal power)."""
     from scipy.optimize import minimize
 
     env = _unwrap(env)
@@ -103,7 +105,12 @@ def oracle_power(obs, env) -> np.ndarray:
     def f(p):
         return -env.reward_of(np.maximum(p, 0), g)
 
-    starts = [np.ones(M), water_filling_power(g, env.mean_snr_db) + 1e-3, 1.0 / np.maximum(g, 1e-3)]
+    inverse = 1.0 / np.maximum(g, 1e-3)
+    starts = [np.ones(M), water_filling_power(g, env.mean_snr_db) + 1e-3, inverse]
+    for drop in range(1, min(4, M)):  # channel inversion with the weakest blocks switched off
+        x0 = inverse.copy()
+        x0[np.argsort(g)[:drop]] = 1e-3
+        starts.append(x0)
     best = None
     for x0 in starts:
         x0 = M * x0 / x0.sum()
