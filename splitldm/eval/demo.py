@@ -349,7 +349,7 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
                 else f" (+- {ideal['psnr_ci_prompts']['half_width']:.2f} over prompts)"))
 
     cov = None
-    if cfg.references:
+    if cfg.references and n >= 2:  # the digital reference's KLT: the covariance of the sent latents
         cov = latent_covariance(sent.tensors["latents"].float(), mode="full")
     n_values = int(np.prod(sent.tensors["latents"].shape[1:]))
     budget = max(1, math.floor(rho * n_values + 1e-9))
@@ -386,9 +386,10 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
     if cfg.references:
         for snr in cfg.snr_db:
             candidates = [("analog", lambda: [AnalogLink()])]
-            if codec is None:  # the digital reference runs at the codec's budget: without a codec there is none
+            if codec is None or cov is None:  # it runs at the codec's budget, with the latents' covariance
                 if snr == cfg.snr_db[0]:
-                    notes.append("digital reference skipped: no seed codec, so no channel-use budget to match")
+                    notes.append("digital reference skipped: " + ("no seed codec, so no channel-use budget to match"
+                                 if codec is None else "one prompt: no latent covariance to measure"))
             else:
                 try:
                     dcfg = best_digital_config(float(snr), budget, n_values, covariance=cov, channel="rayleigh-block")
