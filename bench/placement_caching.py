@@ -10,7 +10,7 @@ the 95 % Student-t interval over the per-episode means (`splitldm.eval.stats.t_i
 ``"interval"`` says so). The JSON carries ``"provenance"`` (`splitldm.eval.provenance`).
 Single thread (torch.set_num_threads(1)); training times
 are given as wall clock and as this process's CPU time (the fair figure on a shared machine). Plots (reward vs
-episodes, reward vs users) go to --out.
+episodes, reward vs users with the 95 % intervals as error bars) go to --out.
 """
 
 from __future__ import annotations
@@ -50,6 +50,23 @@ def pooled(evaluate_one, episodes: int, seed: int, weight: str, means: tuple, su
     return out
 
 
+def plot_with_intervals(per: dict, key: str, users, path: str, ylabel: str) -> None:
+    """``per[u][policy][key]`` vs users, one line per policy, error bars = ``key + "_ci95"``."""
+    from splitldm.eval.plotting import new_figure, save_figure
+
+    fig, axes = new_figure(figsize=(5, 3.4))
+    ax = axes[0][0]
+    for name in per[users[0]]:
+        ys = [per[u][name][key] for u in users]
+        ci = [per[u][name][key + "_ci95"] for u in users]
+        ax.errorbar(list(users), ys, yerr=[[y - c[0] for y, c in zip(ys, ci)], [c[1] - y for y, c in zip(ys, ci)]],
+                    marker="o", ms=3, capsize=2, label=name)
+    ax.set(xlabel="number of users", ylabel=ylabel + " (95% CI over episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=100)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -78,7 +95,7 @@ def main(argv=None) -> int:
     from splitldm.rl.envs.caching import ModelCaching, ResourceAllocation
     from splitldm.rl.envs.placement import ChainPlacement
     from splitldm.rl.evaluate import (
-        evaluate_allocation, evaluate_caching, evaluate_placement, plot_history, plot_vs_users,
+        evaluate_allocation, evaluate_caching, evaluate_placement, plot_history,
     )
     from splitldm.rl.oracles.caching import equal_allocation, lfu_cache, optimal_allocation, oracle_cache
     from splitldm.rl.oracles.placement import exhaustive_optimum, fixed_chain, greedy_placement, monolithic
@@ -111,8 +128,7 @@ def main(argv=None) -> int:
                              ("reward", "served_rate", "latency_violation_rate", "rejected_rate"),
                              {"latency_s": delivered, "steps": delivered,
                               "mean_chain": delivered}) for n, p in pols.items()} for u in users}
-        plot_vs_users({n: [per[u][n]["reward"] for u in users] for n in pols}, users,
-                      os.path.join(args.out, "placement_vs_users.png"), "reward per request")
+        plot_with_intervals(per, "reward", users, os.path.join(args.out, "placement_vs_users.png"), "reward per request")
         out["placement"] = {str(u): {n: {**{k: round(r[k], 4) for k in ("reward", "served_rate",
                                                                         "latency_violation_rate", "steps", "mean_chain")},
                                          "reward_ci95": [round(v, 4) for v in r["reward_ci95"]]}
@@ -162,8 +178,8 @@ def main(argv=None) -> int:
             return res
 
         per = {u: {n: caching(c, a, u) for n, (c, a) in combos.items()} for u in users}
-        plot_vs_users({n: [per[u][n]["reward_per_request"] for u in users] for n in combos}, users,
-                      os.path.join(args.out, "caching_vs_users.png"), "reward per request")
+        plot_with_intervals(per, "reward_per_request", users, os.path.join(args.out, "caching_vs_users.png"),
+                            "reward per request")
         out["caching"] = {str(u): {n: {**{k: round(r[k], 4) for k in ("reward_per_request", "late_rate", "quality")},
                                        "reward_per_request_ci95": [round(v, 4) for v in r["reward_per_request_ci95"]]}
                                    for n, r in d.items()} for u, d in per.items()}
