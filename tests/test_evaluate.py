@@ -173,6 +173,9 @@ def test_config_errors_and_yaml(tmp_path, codec_dir):
         EvalConfig(draws=2, repeats=3)
     with pytest.raises(ValueError, match="level"):
         EvalConfig(level=1.0)
+    old = tmp_path / "old.yaml"
+    old.write_text("repeats: 3\n")
+    assert EvalConfig.from_yaml(old).draws == 3 and EvalConfig.from_yaml(old, draws=5).draws == 5
     assert latent_psnr(0.1, 1.0) == pytest.approx(10.0)
 
 

@@ -163,6 +163,8 @@ class EvalConfig:
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"config: {path} must hold a mapping of EvalConfig fields")
+        if overrides.get("draws") is not None and overrides.get("repeats") is None:
+            data.pop("repeats", None)  # an override of draws replaces the file's old-named value
         data.update({k: v for k, v in overrides.items() if v is not None})
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
