@@ -6,16 +6,20 @@ data, so ``load_pipeline("tiny")`` or ``SeedCodec.from_pretrained("seed-codec")`
 directory. ``$SPLITLDM_CHECKPOINTS`` points the zoo at another folder with the same layout (for example
 retrained weights); paths are never taken relative to the working directory.
 
-=================  =====================================================  ==========================
-name               what                                                   loaded by
-=================  =====================================================  ==========================
-``tiny``           embedded text-to-image teacher (SD-1 architecture)     `load_pipeline`
-``tiny-lcm``       its 1-8 step LCM student (same VAE and text encoder)   `load_pipeline`
-``seed-codec``     seed codec for ``tiny``'s 4x8x8 latents (rho 1/8)      `SeedCodec.from_pretrained`
-``classifier``     attribute classifier of the shapes data (FID/adherence) `AttributeClassifier.from_pretrained`
-``merge-decoder``  VAE decoder fine-tuned for merged + noisy latents      `MergeAwareDecoder.from_pretrained`
-``quality``        measured quality tables (``quality/tiny.json``)         `QualityTable.load`
-=================  =====================================================  ==========================
+| name | what | loaded by |
+|---|---|---|
+| ``tiny`` | embedded text-to-image teacher (SD-1 architecture) | `load_pipeline` |
+| ``tiny-lcm`` | its 1-8 step LCM student (same VAE and text encoder) | `load_pipeline` |
+| ``seed-codec`` | seed codec for ``tiny``'s 4x8x8 latents (rho 1/8) | `SeedCodec.from_pretrained` |
+| ``classifier`` | attribute classifier of the shapes data (FID/adherence) | `AttributeClassifier.from_pretrained` |
+| ``merge-decoder`` | VAE decoder fine-tuned for merged + noisy latents | `MergeAwareDecoder.from_pretrained` |
+| ``quality`` | measured quality tables (``quality/tiny.json``) | `QualityTable.load` |
+| ``power-curve`` | the seed codec's measured MSE over 8 fading blocks | `PowerCurve.load` (default of `SeedPower`) |
+| ``entropy-model`` | learned entropy model of ``tiny``'s latents | `EntropyModel.from_pretrained` |
+| ``cvpo-meg``, ``ppo-power``, ``d3ql-placement`` | RL controllers | `AutoPolicy.from_pretrained` / their class |
+| ``codec-bank`` | `SeedCodecBank` for a cut inside ``tiny``'s UNet pass | `SeedCodecBank.from_pretrained` |
+
+`MODELS` below is the complete list.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ MODELS: dict[str, tuple[str, str]] = {
     "classifier": ("classifier", "attribute classifier of the embedded shapes data"),
     "merge-decoder": ("merge-decoder", "VAE decoder fine-tuned for merged and noisy latents"),
     "quality": ("quality", "measured quality tables (steps x merge ratio x SNR)"),
+    "power-curve": ("power-curve", "seed-codec's measured MSE when its 32 symbols cross 8 fading blocks (SeedPower)"),
     "entropy-model": ("entropy-model", "learned entropy model of tiny's latents (factorized prior, 10 rate levels)"),
     "cvpo-meg": ("cvpo-meg", "CVPO controller of (steps, merge ratio) on MEGRates (cost_obs), 0.996 of the oracle"),
-    "ppo-power": ("ppo-power", "PPO transmit-power split over 8 Rayleigh blocks (SeedPower, 5 dB)"),
+    "ppo-power": ("ppo-power", "PPO transmit-power split over 8 Rayleigh blocks (SeedPower on the codec's measured curve, 5 dB)"),
     "codec-bank": ("codec-bank", "SeedCodecBank for tiny's UNet cut before 'output' (step 4 of 8), 34 uses/image"),
     "d3ql-placement": ("d3ql-placement", "D3QL placement of a 3-node chain (ChainPlacement, splitldm.serve.chain)"),
 }
