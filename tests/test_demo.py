@@ -52,6 +52,19 @@ def test_demo_without_checkpoints_says_so(tmp_path, monkeypatch):
     assert {"versions", "seeds", "config", "feature_extractor", "git_commit", "models"} <= set(prov)
     assert prov["config"]["draws"] == 2 and prov["models"] == {}  # nothing of the zoo was used
     assert "| ideal link + tiny (no channel) |" in report["table"] and "generate-then-download" in report["table"]
+    # side information counted at capacity: 32 bits of air header + CRC-16, plus the merge index map at r > 0
+    from splitldm.analysis.limits import capacity
+    from splitldm.serve.wire import SIDE_INFO_BITS
+    from splitldm.tome import side_info_bits
+
+    assert DemoConfig().air_side_info_bits == SIDE_INFO_BITS  # the demo counts what the served frame sends
+    e0, e5 = by_ratio[0.0], by_ratio[0.5]
+    assert e0["side_info_bits_per_image"] == SIDE_INFO_BITS
+    assert e5["side_info_bits_per_image"] == SIDE_INFO_BITS + side_info_bits((8, 8), 32, batch_size=2) / 2
+    for e in (e0, e5):
+        assert e["total_channel_uses_per_image"] == pytest.approx(
+            e["channel_uses_per_image"] + e["side_info_bits_per_image"] / capacity(5.0, "rayleigh"))
+    assert f"128 + {e0['total_channel_uses_per_image'] - 128:.1f} = " in report["table"]
 
 
 @pytest.mark.skipif(not (checkpoints_dir() / "tiny" / "model_index.json").exists(), reason="no shipped tiny model")
@@ -73,6 +86,8 @@ def test_demo_bad_config(tmp_path):
             run_demo(tmp_path, _config(draws=bad))
     with pytest.raises(ValueError, match="level"):
         run_demo(tmp_path, _config(level=0.0))
+    with pytest.raises(ValueError, match="air_side_info_bits"):
+        run_demo(tmp_path, _config(air_side_info_bits=-1))
 
 
 def test_demo_same_seed_same_numbers(tmp_path, monkeypatch):

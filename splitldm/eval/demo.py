@@ -72,6 +72,9 @@ class DemoConfig:
     ``draws``: independent channel realisations per prompt and point (>= 2: the interval over draws
     needs two). ``level``: confidence level of the intervals. ``references``: also run the analog and
     digital links at every SNR (the ideal-link and download rows are always there).
+    ``air_side_info_bits``: the digital side information a served image carries besides the merge index
+    map (`splitldm.serve.wire.SIDE_INFO_BITS`: the 16-bit air header and its CRC-16; a test keeps the two
+    equal): with the index map it is counted in each row's total channel uses at the channel's capacity.
     """
 
     num_prompts: int = 24
@@ -86,6 +89,7 @@ class DemoConfig:
     draws: int = DEFAULT_DRAWS
     level: float = 0.95
     references: bool = True
+    air_side_info_bits: int = 32
     teacher: str = "tiny"
     student: str = "tiny-lcm"
     codec: str = "seed-codec"
@@ -165,7 +169,7 @@ def format_table(report: dict[str, Any]) -> str:
     over prompts. The ideal link has no channel, so its only interval is the one over prompts."""
     pct = f"{report['level']:.0%}"
     lines = [f"| scheme | SNR (dB) | PSNR (dB), +- {pct} CI over draws | PSNR +- over prompts | SSIM | adherence "
-             "| channel uses / image | SD-1.5 latency split / download (s) |",
+             "| channel uses / image (symbols + side info at capacity) | SD-1.5 latency split / download (s) |",
              "|---|---|---|---|---|---|---|---|"]
 
     def pm(e, key, digits):
@@ -181,6 +185,12 @@ def format_table(report: dict[str, Any]) -> str:
     def adh(e):
         return "-" if e.get("adherence") is None else f"{100 * e['adherence']:.1f}%"
 
+    def uses(e):  # symbols + side information at capacity = total
+        if "total_channel_uses_per_image" not in e:
+            return f"{e['channel_uses_per_image']:.0f}"
+        return (f"{e['channel_uses_per_image']:.0f} + {e['total_channel_uses_per_image'] - e['channel_uses_per_image']:.1f}"
+                f" = {e['total_channel_uses_per_image']:.1f}")
+
     def lat(e):
         s = e.get("simulated_latency_s")
         return "-" if s is None else (f"{s['sd15_split']:.2f} / {s['sd15_download']:.2f}" if "sd15_split" in s
@@ -195,12 +205,12 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{prompts_pm(e)} | {pm(e, 'ssim', 3)} | {adh(e)} | 0 | - |")
     for e in report["split"]:
         lines.append(f"| codec r = {e['merge_ratio']:g} | {e['snr_db']:g} | {pm(e, 'psnr_db', 2)} | {prompts_pm(e)} | "
-                     f"{pm(e, 'ssim', 3)} | {adh(e)} | {e['channel_uses_per_image']:.0f} | {lat(e)} |")
+                     f"{pm(e, 'ssim', 3)} | {adh(e)} | {uses(e)} | {lat(e)} |")
     for scheme in ("analog", "digital"):
         for e in refs:
             if e["scheme"] == scheme:
                 lines.append(f"| {scheme} r = 0 | {e['snr_db']:g} | {pm(e, 'psnr_db', 2)} | {prompts_pm(e)} | "
-                             f"{pm(e, 'ssim', 3)} | {adh(e)} | {e['channel_uses_per_image']:.0f} | - |")
+                             f"{pm(e, 'ssim', 3)} | {adh(e)} | {uses(e)} | - |")
     for e in refs:
         if e["scheme"] == "download":
             lines.append(f"| generate-then-download | {e['snr_db']:g} | exact | - | exact | {adh(c)} | "
@@ -213,6 +223,9 @@ def _check_config(cfg: DemoConfig) -> None:
         raise ValueError(f"num_prompts: must be an int >= 1, got {cfg.num_prompts!r}")
     if not 0 <= cfg.split_step <= cfg.steps:
         raise ValueError(f"split_step: must be in [0, steps={cfg.steps}], got {cfg.split_step}")
+    if isinstance(cfg.air_side_info_bits, bool) or not isinstance(cfg.air_side_info_bits, int) \
+            or cfg.air_side_info_bits < 0:
+        raise ValueError(f"air_side_info_bits: must be an int >= 0, got {cfg.air_side_info_bits!r}")
     for snr in cfg.snr_db:
         if not math.isfinite(snr):
             raise ValueError(f"snr_db: must be finite, got {snr}")
@@ -331,10 +344,20 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
         images, summary = [], None
         t = time.perf_counter()
         for d in range(draws):
-            received = Link(list(stages))(sent, generator=torch.Generator().manual_seed(cfg.seed + 1 + d))
+            link, g = Link(list(stages)), torch.Generator().manual_seed(cfg.seed + 1 + d)
+            on_air, context = link.send_half(sent, generator=g)  # the two halves equal one link call, bit for bit
+            received = link.receive_half(on_air, context, generator=g)
             summary = Link.summary(received)
+            summary["index_map_bits"] = sum(rec["side_info_bits"] for rec in on_air.meta.get("token_merge", {}).values())
             images.append(split.device(received, output_type="np"))
         return images, summary, time.perf_counter() - t
+
+    def air_uses(entry: dict[str, Any], summary: dict[str, Any], snr: float) -> dict[str, Any]:
+        """Per image: the served side information (air header + CRC-16 + merge index map) and the total
+        channel uses with it sent at the Rayleigh ergodic capacity (as the download row's bits are)."""
+        side = cfg.air_side_info_bits + summary.get("index_map_bits", 0) / n
+        return {"side_info_bits_per_image": side,
+                "total_channel_uses_per_image": entry["channel_uses_per_image"] + side / float(capacity(snr, "rayleigh"))}
 
     rows, labels = [central[:cfg.grid_prompts]], [f"central\n{cfg.steps} steps"]
     # the ideal link: no channel, deterministic; what the student alone costs against central
@@ -377,6 +400,7 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
                                         "sd15_split": sim_sd15.latency_s, "sd15_download": sim_sd15_download.latency_s},
                 "wall_s": elapsed,
             }
+            entry.update(air_uses(entry, summary, float(snr)))
             report["split"].append(entry)
             rows.append(images[0][:cfg.grid_prompts])
             labels.append(f"r={ratio:g}\n{snr:g} dB")
@@ -413,6 +437,7 @@ def run_demo(out: str | Path = "out/demo", config: DemoConfig | None = None,
                     entry = {"scheme": scheme, "snr_db": snr, **quality(images),
                              "channel_uses_per_image": summary["channel_uses"] / n,
                              "digital_bits_per_image": summary["bits"] / n, "wall_s": elapsed}
+                    entry.update(air_uses(entry, summary, float(snr)))
                     if scheme == "digital":
                         entry["config"] = {"bits_per_value": dcfg.bits_per_value, "code_rate": dcfg.code_rate,
                                            "bits_per_symbol": dcfg.bits_per_symbol}
