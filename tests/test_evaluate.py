@@ -51,6 +51,8 @@ def test_two_point_sweep_writes_json_and_png(tmp_path, codec_dir, tiny_pipe):
             assert len(codec) == 1
             r = codec[0]
             assert r["channel_uses"] == 3 * 32  # 3 images x rho 1/8 of 256 values
+            assert r["channel_uses_per_image"] == 32 and r["side_info_bits_per_image"] == 32  # served header + CRC
+            assert r["total_channel_uses_per_image"] == pytest.approx(32 + 32 / float(capacity(snr, ch)))
             assert r["rho"] == 0.125 and r["latent_mse"] > 0
             assert -40 < r["image_psnr"] < 101 and -1 <= r["image_ssim"] <= 1 and r["fid"] >= 0
             analog = [x for x in rows if x["scheme"] == "analog" and x["channel"] == ch and x["snr_db"] == snr][0]
@@ -197,6 +199,15 @@ def test_cli_runs(tmp_path, codec_dir, tiny_pipe, monkeypatch):
     again = json.loads((tmp_path / "cli2" / "results.json").read_text())
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(again["rows"]) == strip(data["rows"]) and again["reference"] == data["reference"]
+
+
+def test_side_info_default_is_the_served_frames():
+    from splitldm.serve.wire import SIDE_INFO_BITS
+
+    assert EvalConfig().air_side_info_bits == SIDE_INFO_BITS
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="air_side_info_bits"):
+            EvalConfig(air_side_info_bits=bad)
 
 
 def test_cli_rejects_bad_draws(tmp_path, capsys):

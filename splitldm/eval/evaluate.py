@@ -99,6 +99,9 @@ class EvalConfig:
         fid: ``"classifier"`` (offline classifier-FID with the zoo's ``classifier``), ``"none"``,
             or a local Inception-v3 weights file (``.pth``); fid_real: real images it compares with.
         seed: base seed of the generation noise and the channels.
+        air_side_info_bits: digital side information per image besides the channel symbols
+            (`splitldm.serve.wire.SIDE_INFO_BITS`: the served frame's 16-bit air header + CRC-16);
+            each link row's ``total_channel_uses`` adds it at the channel's capacity (Rayleigh: ergodic).
         output: folder for ``results.json`` and ``psnr_vs_snr.png``.
     """
 
@@ -122,6 +125,7 @@ class EvalConfig:
     fid: str = "classifier"
     fid_real: int = 256
     seed: int = 0
+    air_side_info_bits: int = 32
     output: str = "runs/evaluate"
 
     def __post_init__(self):
@@ -149,6 +153,9 @@ class EvalConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        if isinstance(self.air_side_info_bits, bool) or not isinstance(self.air_side_info_bits, int) \
+                or self.air_side_info_bits < 0:
+            raise ValueError(f"air_side_info_bits: expected an int >= 0, got {self.air_side_info_bits!r}")
         if not all(isinstance(r, (int, float)) and 0 < r <= 4 for r in self.rhos):
             raise ValueError(f"rhos: expected numbers in (0, 4], got {self.rhos!r}")
 
@@ -383,6 +390,13 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
     def add(scheme, channel, rho, snr, row, **extra):
         row = {"scheme": scheme, "channel": channel, "rho": rho, "snr_db": None if snr is None else float(snr),
                **extra, **row}
+        if scheme in ("codec", "analog", "digital", "separation") and snr is not None and row.get("channel_uses") is not None:
+            # ``channel_uses`` counts the whole batch of prompts; per image, with the served frame's side
+            # information (no merging in a sweep, so no index map) at the channel's capacity:
+            per_image = row["channel_uses"] / len(prompts)
+            row["channel_uses_per_image"] = per_image
+            row["side_info_bits_per_image"] = cfg.air_side_info_bits
+            row["total_channel_uses_per_image"] = per_image + cfg.air_side_info_bits / float(_capacity(snr, channel))
         rows.append(row)
         pm = lambda key: (f" +- {row[key + '_ci']['half_width']:.2f}"  # noqa: E731
                           if row.get(key + "_ci") is not None else "")
