@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``splitldm`` command; returns the exit status (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for the records
     try:
         return int(args.func(args) or 0)
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error (see USER_ERRORS)

@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--prompts", nargs="+", default=None, help="prompts (default: 4 from the tokenizer's words)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--draws", type=int, default=1,
+                   help="channel draws per (prompt, seed) of each noisy cell (>= 2: 95%% intervals over draws)")
+    p.add_argument("--interval", choices=["auto", "draws", "prompts"], default="auto",
+                   help="per-cell interval: over channel draws (prompts fixed) or over prompt-seed pairs")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bar on stderr (default: when stderr is a terminal)")
@@ -43,9 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from splitldm.eval.quality import build_quality_table, pipeline_quality_fn
     from splitldm.eval.threads import set_threads
     from splitldm.pipeline.models import load_pipeline
+    from splitldm.zoo import is_zoo_name
 
     for seed in args.seeds:
         check_seed(seed, "--seeds")
+    if args.draws < 1:
+        raise ValueError(f"--draws: expected an int >= 1 (channel draws per prompt), got {args.draws}")
+    if args.interval == "draws" and args.draws < 2:
+        raise ValueError("--interval: 'draws' needs --draws >= 2")
     check_output_path(args.output, "--output")  # before the work: a blocked or unwritable --output fails now
     set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -56,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
         fn, args.steps, args.merge_ratios, args.snr_db, args.channels, args.prompts or DEFAULT_PROMPTS, args.seeds,
         meta={"pipeline": str(args.pipeline), "reference_steps": args.reference_steps,
               "guidance_scale": args.guidance_scale, "source": f"measured: {args.pipeline}",
-              "command": "splitldm " + " ".join(shlex.quote(a) for a in sys.argv[1:])},
-        progress=True if args.progress else None)
+              "command": "splitldm " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))},
+        progress=True if args.progress else None, draws=args.draws, interval=args.interval,
+        models=[args.pipeline] if is_zoo_name(args.pipeline) else [])
     path = table.save(args.output)
     print(json.dumps({"output": str(path), "cells": int(table.metrics["latent_mse"].size),
                       "seconds": table.meta["seconds"]}))
