@@ -169,6 +169,17 @@ class EdgeService:
             raise _HTTPError(400, "merge_ratio", str(exc)) from None
         return Job(seq=seq, request=request, choice=choice, settings=settings)
 
+    async def admit(self, request, max_bytes: int) -> bytes:
+        """A request's checks before any work: the token, the body (at most ``max_bytes``, read within
+        ``read_timeout_s``) and the concurrency limit. Returns the body; raises `_HTTPError`."""
+        c = self.config
+        self.check_token(request.headers.get("authorization"))
+        body = await _read_body(request, max_bytes, c.read_timeout_s)
+        if self.inflight >= c.max_concurrency:
+            raise _HTTPError(503, "concurrency", f"concurrency: {self.inflight} requests in flight, "
+                                                 f"the limit is {c.max_concurrency}; retry later")
+        return body
+
     def check_token(self, header: str | None) -> None:
         token = self.config.token
         if token is None:
@@ -266,14 +277,8 @@ def create_app(service: EdgeService):
 
     @app.post("/v1/generate")
     async def generate(request: Request):
-        c = service.config
         try:
-            service.check_token(request.headers.get("authorization"))
-            body = await _read_body(request, c.max_request_bytes, c.read_timeout_s)
-            if service.inflight >= c.max_concurrency:
-                raise _HTTPError(503, "concurrency", f"concurrency: {service.inflight} requests in flight, "
-                                                     f"the limit is {c.max_concurrency}; retry later")
-            job = service.handle(body)
+            job = service.handle(await service.admit(request, service.config.max_request_bytes))
         except _HTTPError as exc:
             return error(exc)
         return StreamingResponse(service.stream(job), media_type="application/x-splitldm-stream")

@@ -63,7 +63,7 @@ from fastapi.responses import JSONResponse, Response
 
 from splitldm.link.payload import Payload, PayloadError
 from splitldm.pipeline.payload_schema import check_split_payload
-from splitldm.serve.app import EdgeService, ServeConfig, _HTTPError, _read_body, create_app
+from splitldm.serve.app import EdgeService, ServeConfig, _HTTPError, create_app
 from splitldm.serve.edge import EdgeRunner, Job
 from splitldm.serve.policy import Choice, FixedRule, Policy
 from splitldm.serve.session import EdgeRequest, settings_for
@@ -542,14 +542,8 @@ class ChainService(EdgeService):
 
     async def hop(self, request: Request):
         """``POST /v1/hop``: relay a payload (see the module docstring); 200 + the frame bytes, or JSON error."""
-        c = self.config
         try:
-            self.check_token(request.headers.get("authorization"))
-            body = await _read_body(request, self.max_hop_bytes, c.read_timeout_s)
-            if self.inflight >= c.max_concurrency:
-                raise _HTTPError(503, "concurrency", f"concurrency: {self.inflight} requests in flight, "
-                                                     f"the limit is {c.max_concurrency}; retry later")
-            job = self.hop_job(body)
+            job = self.hop_job(await self.admit(request, self.max_hop_bytes))
         except _HTTPError as exc:
             return self._refuse(exc)
         seq = job.seq = self.ledger.accept()
