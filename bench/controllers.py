@@ -82,6 +82,9 @@ def main(argv=None) -> int:
         ppo_lagrangian_snr_obs_violation_rate=r_ps["violation_rate"],
         oracle_violation_rate=r_o["violation_rate"], infeasible_tasks=r_o["infeasible_tasks"],
         tasks=r_o["tasks"])
+    # 95 % t-intervals of each mean reward over the held-out episodes (rl.evaluate: reward_ci)
+    out["reward_ci95_half_width"] = {name: r["reward_ci"]["half_width"] for name, r in (
+        ("oracle", r_o), ("cvpo", r_c), ("ppo_lagrangian", r_p), ("cvpo_snr_obs", r_s), ("ppo_lagrangian_snr_obs", r_ps))}
 
     # --- MEG split vs generate-then-download at the default channel (mid-range distance, no fade)
     snr = env.channel.mean_snr_db()
@@ -115,12 +118,13 @@ def main(argv=None) -> int:
     out["ppo_train_steps"] = hp["total_steps"]
     shipped = AutoPolicy.from_pretrained(checkpoints_dir() / "ppo-power")
     ep_o = max(1, episodes // 4)  # the numerical optimum is slow: on the first quarter of the episodes
-    out.update(ppo_power_reward=evaluate(penv, lambda o, e: ppo.act(o), episodes, held_out)["reward"],
-               ppo_power_shipped_reward=evaluate(penv, lambda o, e: shipped.act(o), episodes, held_out)["reward"],
-               water_filling_reward=evaluate(penv, water_filling, episodes, held_out)["reward"],
-               equal_power_reward=evaluate(penv, equal_power, episodes, held_out)["reward"],
-               oracle_power_reward=evaluate(penv, oracle_power, ep_o, held_out)["reward"],
-               oracle_power_episodes=ep_o)
+    power = {"ppo_power": evaluate(penv, lambda o, e: ppo.act(o), episodes, held_out),
+             "ppo_power_shipped": evaluate(penv, lambda o, e: shipped.act(o), episodes, held_out),
+             "water_filling": evaluate(penv, water_filling, episodes, held_out),
+             "equal_power": evaluate(penv, equal_power, episodes, held_out),
+             "oracle_power": evaluate(penv, oracle_power, ep_o, held_out)}
+    out.update({f"{name}_reward": r["reward"] for name, r in power.items()}, oracle_power_episodes=ep_o)
+    out["reward_ci95_half_width"].update({name: r["reward_ci"]["half_width"] for name, r in power.items()})
     out["ppo_power_vs_oracle"] = evaluate(penv, lambda o, e: ppo.act(o), ep_o, held_out)["reward"] / out["oracle_power_reward"]
     out["ppo_power_shipped_vs_oracle"] = (evaluate(penv, lambda o, e: shipped.act(o), ep_o, held_out)["reward"]
                                           / out["oracle_power_reward"])
@@ -139,6 +143,12 @@ def main(argv=None) -> int:
         "train_each<600s": max(out["cvpo_train_s"], out["ppo_lagrangian_train_s"], out["cvpo_snr_obs_train_s"],
                                out["ppo_lagrangian_snr_obs_train_s"], out["ppo_train_s"]) < 600,
     }
+    from splitldm.eval.provenance import provenance
+
+    out["reward_ci95_half_width"] = {k: round(v, 4) for k, v in out["reward_ci95_half_width"].items()}
+    out["interval"] = "95% Student-t interval of the mean reward over the held-out episodes (per-episode means)"
+    out["provenance"] = provenance({**vars(args), "episodes": episodes, "held_out_seed": held_out},
+                                   {"train": args.seed, "held_out_first": held_out}, models=["ppo-power", "quality", "power-curve"])
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
     return 0
 

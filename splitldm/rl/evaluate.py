@@ -94,11 +94,15 @@ def evaluate(env, policy: Policy, episodes: int = 10, seed: int = 10_000) -> dic
     violation rate over all tasks and over tasks where some action was feasible (``violation_rate``,
     the figure that matters: a deep fade that no action survives is no policy's fault), and
     ``avoidable_rate``, the mean of ``info["constraint_cost"]`` (those violations plus deep-fade
-    excesses above the least-violating action's).
+    excesses above the least-violating action's). ``reward_ci``: the 95 % Student-t interval of the
+    mean reward over the episodes (their per-task means; `splitldm.eval.stats.t_interval`), as a dict.
     """
-    rewards, lat, en, viol, feas, avoid = [], [], [], [], [], []
+    from splitldm.eval.stats import t_interval
+
+    rewards, per_episode, lat, en, viol, feas, avoid = [], {}, [], [], [], [], []
     for s in rollout(env, policy, episodes, seed):
         rewards.append(s.reward)
+        per_episode.setdefault(s.episode, []).append(s.reward)
         info = s.info
         if "violation" in info:
             lat.append(info["cost"]["latency"])
@@ -106,7 +110,8 @@ def evaluate(env, policy: Policy, episodes: int = 10, seed: int = 10_000) -> dic
             viol.append(info["violation"]["latency"] or info["violation"]["energy"])
             feas.append(info["feasible_exists"])
             avoid.append(float(info.get("constraint_cost", 0.0)))
-    out: dict[str, Any] = {"reward": float(np.mean(rewards)), "tasks": len(rewards)}
+    out: dict[str, Any] = {"reward": float(np.mean(rewards)), "tasks": len(rewards),
+                           "reward_ci": t_interval([float(np.mean(r)) for r in per_episode.values()]).to_dict()}
     if viol:
         viol, feas = np.array(viol), np.array(feas)
         out.update(latency_s=float(np.mean(lat)), energy_j=float(np.mean(en)),
