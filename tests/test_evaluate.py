@@ -83,6 +83,7 @@ def test_two_point_sweep_writes_json_and_png(tmp_path, codec_dir, tiny_pipe):
             assert r["draws"] == 2 and r["image_psnr_ci"]["n"] == 3 * 2
         if r["scheme"] == "separation":  # error-free: no channel randomness, zero-width draw interval
             assert r["image_psnr_ci"]["half_width"] == 0.0
+            assert r["config"]["bits_per_value"] <= r["config"]["max_bits_per_value"]
     # reference rows: the ideal link (a same-model step split is exact: the 100 dB cap) and download
     ideal = [r for r in rows if r["scheme"] == "ideal"]
     assert len(ideal) == 1 and ideal[0]["image_psnr"] == 100.0 and ideal[0]["latent_mse"] == 0.0
@@ -199,6 +200,27 @@ def test_cli_runs(tmp_path, codec_dir, tiny_pipe, monkeypatch):
     again = json.loads((tmp_path / "cli2" / "results.json").read_text())
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(again["rows"]) == strip(data["rows"]) and again["reference"] == data["reference"]
+
+
+def test_separation_picks_its_best_rate_at_or_under_capacity():
+    from splitldm.eval.evaluate import best_separation_bits
+    from splitldm.link.separation import Separation
+    from splitldm.link.payload import Payload
+    from splitldm.link.stack import LinkContext
+
+    x = torch.randn(32, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    p = Payload(tensors={"latents": x}, meta={}, primary=("latents",))
+
+    def mse(b):
+        return float((Separation(b).send(p, LinkContext(), torch.Generator()).tensors["latents"] - x).pow(2).mean())
+
+    assert mse(1) > mse(0)  # 1 bit over [min, max] is worse than sending the mean: never chosen
+    assert best_separation_bits(x, 1) == 0
+    for b_max in (2, 3, 4):
+        b = best_separation_bits(x, b_max)
+        assert b <= b_max and mse(b) == min(mse(c) for c in range(b_max + 1))
+    with pytest.raises(ValueError, match="max_bits"):
+        best_separation_bits(x, -1)
 
 
 def test_side_info_default_is_the_served_frames():

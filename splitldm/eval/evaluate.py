@@ -32,8 +32,8 @@ config, the feature extractor, checkpoint hashes).
 
 Schemes: ``codec`` (a trained `SeedCodec`), ``analog`` (`AnalogLink`, uncoded, rho = 1/2),
 ``digital`` (`DigitalLink` with `best_digital_config` per SNR and channel at the codec's channel-use
-budget), ``separation`` (ideal separation: the digital quantiser at the most bits per value that a
-capacity-achieving code carries, delivered without error; Rayleigh uses the ergodic capacity, an
+budget), ``separation`` (ideal separation: the digital quantiser at the best rate, at or under the most
+bits per value that a capacity-achieving code carries (`best_separation_bits`), delivered without error; Rayleigh uses the ergodic capacity, an
 optimistic reference for one fade per image) and ``opta`` (reverse water-filling on the measured
 latent covariance: a reference, not a ceiling, for non-Gaussian latents; no images).
 
@@ -63,13 +63,14 @@ from splitldm.link.codec import SeedCodec
 from splitldm.analysis.limits import CHANNELS, latent_covariance, reverse_water_filling
 from splitldm.analysis.limits import capacity as _capacity
 from splitldm.analysis.limits import separation_bits_per_value as _separation_bits_per_value
-from splitldm.link.stack import Link, LinkStage
+from splitldm.link.payload import Payload
+from splitldm.link.stack import Link, LinkContext, LinkStage
 from splitldm.pipeline.split import SplitPipeline
 
 SCHEMES = ("codec", "analog", "digital", "separation", "opta")
 
 __all__ = ["EvalConfig", "SCHEMES", "sweep", "evaluate", "make_channel", "plot_sweep", "latent_psnr",
-           "summarize", "check_draws", "monotone_within", "PSNR_CAP_DB"]
+           "best_separation_bits", "summarize", "check_draws", "monotone_within", "PSNR_CAP_DB"]
 
 #: Identical images have an infinite PSNR; it is capped here (dB) so that means stay finite.
 PSNR_CAP_DB = 100.0
@@ -180,6 +181,25 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------------------------ helpers
+def best_separation_bits(latents: torch.Tensor, max_bits: int) -> int:
+    """The ideal separation's operating point: the bits per value in ``[0, max_bits]`` whose quantiser
+    (`splitldm.link.separation.Separation`) gives ``latents`` ``(B, *S)`` the least MSE.
+
+    The capacity allows ``max_bits``, but the per-value quantiser over a sample's ``[min, max]`` can be
+    worse at 1 bit than sending nothing (the mean), so the encoder, which sees the source, picks the
+    best rate at or under the capacity, as the digital baseline picks its operating point.
+    """
+    if isinstance(max_bits, bool) or not isinstance(max_bits, int) or max_bits < 0:
+        raise ValueError(f"max_bits: expected an int >= 0, got {max_bits!r}")
+    x = Payload(tensors={"latents": latents.float()}, meta={}, primary=("latents",))
+
+    def mse(b: int) -> float:
+        sent = _Separation(b).send(x, LinkContext(), torch.Generator().manual_seed(0))
+        return float((sent.tensors["latents"] - x.tensors["latents"]).pow(2).mean())
+
+    return min(range(max_bits + 1), key=lambda b: (mse(b), -b))
+
+
 def latent_psnr(mse: float, variance: float) -> float:
     """``10 log10(variance / mse)`` in dB (inf for mse = 0)."""
     return float("inf") if mse <= 0 else 10.0 * math.log10(variance / mse)
@@ -467,11 +487,12 @@ def sweep(config: EvalConfig | dict, pipe=None, log: Callable[[str], None] | Non
                                      level=level)
                     add("digital", channel, rho, snr, row, config=info)
                 if "separation" in cfg.schemes:
-                    b = _separation_bits_per_value(k, n_values, snr, channel)
+                    b_max = _separation_bits_per_value(k, n_values, snr, channel)
+                    b = best_separation_bits(bench.latents, b_max)
                     row = _point(bench, lambda: [_Separation(b)], snr, 1, seed, variance, level=level,
                                  deterministic=True)
                     row["channel_uses"] = k
-                    add("separation", channel, rho, snr, row, config={"bits_per_value": b})
+                    add("separation", channel, rho, snr, row, config={"bits_per_value": b, "max_bits_per_value": b_max})
             if "analog" in cfg.schemes:
                 add("analog", channel, 0.5, snr,
                     _point(bench, lambda: [AnalogLink(), make_channel(channel, csi=cfg.csi)], snr, D, seed,
